@@ -1,0 +1,1 @@
+"""alore: ALoRE and baseline PETL methods on timm backbones."""
