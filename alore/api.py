@@ -1,0 +1,71 @@
+"""The library's front door: create a backbone, apply a method, count, merge."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from .backbones import is_head_param, resolve
+from .errors import ConfigError, NotMergeableError
+from .methods import METHODS, get_method
+from .methods.base import unwrap_all
+
+
+def apply(model: nn.Module, method: str, **overrides: Any) -> nn.Module:
+    """Freeze the backbone, insert ``method`` (paper defaults, changed by ``overrides``), keep the head trainable."""
+    spec = get_method(method)
+    if getattr(model, "alore_method", None):
+        raise ConfigError(f"this model is already adapted with {model.alore_method['name']!r}; "
+                          "create a fresh backbone to apply another method")
+    config = spec.config_cls.from_overrides(overrides)
+    ref = next(model.parameters())
+    model.requires_grad_(False)
+    spec.apply(model, config)
+    model.to(device=ref.device, dtype=ref.dtype)  # methods build their parameters in the default dtype
+    for name, p in model.named_parameters():
+        if is_head_param(model, name):
+            p.requires_grad_(True)
+    model.alore_method = {"name": method, "config": config.to_dict()}
+    return model
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Trainable parameters as the paper counts them (appendix C): the classifier is not counted."""
+    return sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and not is_head_param(model, name))
+
+
+def mergeable_methods() -> list[str]:
+    return [name for name, m in METHODS.items() if m.mergeable]
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold the method into the backbone and return the plain timm model (equation 8).
+
+    The result is a fresh ``timm.create_model`` of the same architecture that loaded
+    the folded state dict with ``strict=True``: same keys as the backbone, same outputs
+    as the adapted model in eval mode, and the backbone's inference cost.
+    """
+    info = getattr(model, "alore_method", None)
+    backbone = getattr(model, "alore_backbone", None)
+    if info is None or backbone is None:
+        raise ConfigError("merge needs a model made by alore.create_backbone and adapted by alore.apply")
+    if not get_method(info["name"]).mergeable:
+        raise NotMergeableError(f"method {info['name']!r} adds computation that cannot be folded into the backbone; "
+                                f"mergeable methods: {', '.join(mergeable_methods())}")
+    folded = copy.deepcopy(model)
+    unwrap_all(folded)
+    for attr in getattr(model, "alore_owned", ()):
+        delattr(folded, attr)
+    ref = next(model.parameters())
+    spec = resolve(backbone["name"])
+    with torch.device(ref.device):
+        plain = timm.create_model(spec.timm_name, pretrained=False, num_classes=backbone["num_classes"],
+                                  **spec.kwargs).to(ref.dtype)
+    plain.load_state_dict(folded.state_dict(), strict=True)
+    plain.alore_backbone = dict(backbone)
+    plain.train(model.training)
+    return plain
