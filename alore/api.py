@@ -69,3 +69,15 @@ def merge(model: nn.Module) -> nn.Module:
     plain.alore_backbone = dict(backbone)
     plain.train(model.training)
     return plain
+
+
+@torch.no_grad()
+def merge_error(adapted: nn.Module, plain: nn.Module, inputs: torch.Tensor) -> float:
+    """Relative error ``|plain(x) - adapted(x)| / |adapted(x)|`` in eval mode."""
+    modes = adapted.training, plain.training
+    adapted.eval(), plain.eval()
+    try:
+        ref, out = adapted(inputs), plain(inputs)
+    finally:
+        adapted.train(modes[0]), plain.train(modes[1])
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
