@@ -25,7 +25,8 @@ def inference(
 ) -> None:
     """Images/s of the bare backbone, each adapted model unmerged, and each merged one."""
     dev = pick_device(device)
-    console.print(f"[dim]{backbone} on {dev}, batch {batch_size}, {steps} steps per model[/]", highlight=False)
+    if not as_json:
+        console.print(f"[dim]{backbone} on {dev}, batch {batch_size}, {steps} steps per model[/]", highlight=False)
     rows = inference_rows(backbone, split_csv(methods), batch_size, steps, dev,
                           on_row=None if as_json else lambda r: console.print(
                               f"  {r['model']:<28} {r['images_per_s']:9.1f} img/s  x{r['ratio']:.3f}", highlight=False))

@@ -1,0 +1,108 @@
+"""``alorectl data``: check benchmark folders on disk, write the demo dataset."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from alore.errors import AloreError
+
+app = typer.Typer(
+    help="Check VTAB-1k / FGVC folders on disk and write the offline demo dataset.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+# The demo backbone's weights are written by a module that may not exist yet.
+DEMO_WEIGHTS_MODULE = "alore.demo_backbone"
+
+
+def _fail(err: AloreError) -> typer.Exit:
+    """Print a user error as one line on stderr; the caller raises the returned Exit."""
+    message = " ".join(str(err).split())
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def check(
+    root: Annotated[Path, typer.Option("--root", help="Benchmark root: <root>/<task>/<split files>.", envvar="ALORE_DATA_ROOT")],
+    suite: Annotated[str, typer.Option("--suite", help="Layout: vtab (NOAH txt splits) or fgvc (VPT json splits).")] = "vtab",
+    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated task folders to check (default: all found).")] = None,
+    decode_all: Annotated[bool, typer.Option("--decode-all", help="Decode every image, not one per split (slow).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON instead of a table.")] = False,
+) -> None:
+    """Validate every task: split files, labels, split sizes, image files; exit 1 on any problem."""
+    from alore.data import check_root
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    try:
+        reports = check_root(root, suite, names, decode_all=decode_all)
+    except AloreError as err:
+        raise _fail(err) from None
+
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in reports], indent=1))
+    else:
+        _print_reports(reports)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
+def _print_reports(reports: list) -> None:
+    console = Console(highlight=False)
+    splits = list(reports[0].sizes) if reports else []
+    table = Table(title=f"{reports[0].suite} data" if reports else None)
+    for column in ("task", "group", "classes", *splits, "status"):
+        table.add_column(column, justify="right" if column in splits or column == "classes" else "left")
+    for r in reports:
+        sizes = ["-" if r.sizes[s] is None else str(r.sizes[s]) for s in splits]
+        status = "[green]ok[/green]" if r.ok else f"[red]{len(r.problems)} problem(s)[/red]"
+        table.add_row(r.task, r.group, "-" if r.num_classes is None else str(r.num_classes), *sizes, status)
+    console.print(table)
+    # Plain lines, never wrapped or parsed as markup: paths must stay copy-pasteable.
+    for r in reports:
+        for line in r.problems:
+            console.print(f"{r.task}: {line}", markup=False, soft_wrap=True)
+        for line in r.notes:
+            console.print(f"{r.task}: note: {line}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write into; the dataset goes to <out>/vtab-1k.")] = Path("work/data"),
+) -> None:
+    """Write the offline demo dataset (scikit-learn digits in the VTAB-1k layout)."""
+    from alore.data import DEMO_TASKS, write_demo_dataset
+
+    try:
+        root = write_demo_dataset(out)
+        weights = _write_demo_weights(out)
+    except AloreError as err:
+        raise _fail(err) from None
+    typer.echo(f"demo dataset: {root} (tasks: {', '.join(DEMO_TASKS)})")
+    if weights is not None:
+        typer.echo(f"demo backbone weights: {weights}")
+    typer.echo(f"check it with: alorectl data check --root {root}")
+
+
+def _write_demo_weights(out: Path) -> Path | None:
+    """Hook: the pre-trained demo backbone, once ``alore.demo_backbone`` exists.
+
+    ``find_spec`` rather than ``except ImportError``: a broken module must fail
+    loudly, not look absent.
+    """
+    try:
+        if DEMO_WEIGHTS_MODULE not in sys.modules and importlib.util.find_spec(DEMO_WEIGHTS_MODULE) is None:
+            return None
+    except ModuleNotFoundError:  # a parent package is missing
+        return None
+    return importlib.import_module(DEMO_WEIGHTS_MODULE).write_demo_weights(out)

@@ -1,0 +1,15 @@
+"""Shared test set-up: nothing may reach the network, everything is small and seeded."""
+
+import os
+
+# Set before timm/huggingface_hub are imported: a test that tried to download fails at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
