@@ -4,53 +4,43 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from alore.errors import AloreError
+from ..app import App, print_json, split_csv
 
-app = typer.Typer(
-    help="Check VTAB-1k / FGVC folders on disk and write the offline demo dataset.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-)
+# App: every command's AloreError becomes one "error: ..." line on stderr and exit 2.
+app = App(help="Check VTAB-1k / FGVC folders on disk and write the offline demo dataset.")
 
 # The demo backbone's weights are written by a module that may not exist yet.
 DEMO_WEIGHTS_MODULE = "alore.demo_backbone"
 
 
-def _fail(err: AloreError) -> typer.Exit:
-    """Print a user error as one line on stderr; the caller raises the returned Exit."""
-    message = " ".join(str(err).split())
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
-
-
 @app.command()
 def check(
-    root: Annotated[Path, typer.Option("--root", help="Benchmark root: <root>/<task>/<split files>.", envvar="ALORE_DATA_ROOT")],
-    suite: Annotated[str, typer.Option("--suite", help="Layout: vtab (NOAH txt splits) or fgvc (VPT json splits).")] = "vtab",
-    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated task folders to check (default: all found).")] = None,
-    decode_all: Annotated[bool, typer.Option("--decode-all", help="Decode every image, not one per split (slow).")] = False,
+    root: Annotated[Path, typer.Option(
+        "--root", help="Benchmark root: <root>/<task>/<split files>.", envvar="ALORE_DATA_ROOT")],
+    suite: Annotated[str, typer.Option(
+        "--suite", help="Layout: vtab (NOAH txt splits) or fgvc (VPT json splits).")] = "vtab",
+    tasks: Annotated[str | None, typer.Option(
+        "--tasks", help="Comma-separated task folders to check (default: all found).")] = None,
+    decode_all: Annotated[bool, typer.Option(
+        "--decode-all", help="Decode every image, not one per split (slow).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON instead of a table.")] = False,
 ) -> None:
     """Validate every task: split files, labels, split sizes, image files; exit 1 on any problem."""
     from alore.data import check_root
 
-    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    try:
-        reports = check_root(root, suite, names, decode_all=decode_all)
-    except AloreError as err:
-        raise _fail(err) from None
-
+    names = split_csv(tasks) or None  # "--tasks ''" means all tasks, as omitting it does
+    reports = check_root(root, suite, names, decode_all=decode_all)
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in reports], indent=1))
+        print_json([r.to_dict() for r in reports])
     else:
         _print_reports(reports)
     if not all(r.ok for r in reports):
@@ -58,11 +48,16 @@ def check(
 
 
 def _print_reports(reports: list) -> None:
-    console = Console(highlight=False)
+    # Piped or captured output gets the table's natural width, not a truncated 80 columns.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     splits = list(reports[0].sizes) if reports else []
-    table = Table(title=f"{reports[0].suite} data" if reports else None)
-    for column in ("task", "group", "classes", *splits, "status"):
-        table.add_column(column, justify="right" if column in splits or column == "classes" else "left")
+    table = Table(title=f"{reports[0].suite} data" if reports else None, box=box.SIMPLE_HEAD)
+    # Names never truncated (they are what the user types); narrow terminals fold the numbers.
+    table.add_column("task", no_wrap=True, min_width=max(len(r.task) for r in reports))
+    table.add_column("group", no_wrap=True, min_width=max(len(r.group) for r in reports))
+    for column in ("classes", *splits):
+        table.add_column(column, justify="right", overflow="fold")
+    table.add_column("status", no_wrap=True)
     for r in reports:
         sizes = ["-" if r.sizes[s] is None else str(r.sizes[s]) for s in splits]
         status = "[green]ok[/green]" if r.ok else f"[red]{len(r.problems)} problem(s)[/red]"
@@ -78,16 +73,14 @@ def _print_reports(reports: list) -> None:
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write into; the dataset goes to <out>/vtab-1k.")] = Path("work/data"),
+    out: Annotated[Path, typer.Option(
+        "--out", help="Folder to write into; the dataset goes to <out>/vtab-1k.")] = Path("work/data"),
 ) -> None:
     """Write the offline demo dataset (scikit-learn digits in the VTAB-1k layout)."""
     from alore.data import DEMO_TASKS, write_demo_dataset
 
-    try:
-        root = write_demo_dataset(out)
-        weights = _write_demo_weights(out)
-    except AloreError as err:
-        raise _fail(err) from None
+    root = write_demo_dataset(out)
+    weights = _write_demo_weights(out)
     typer.echo(f"demo dataset: {root} (tasks: {', '.join(DEMO_TASKS)})")
     if weights is not None:
         typer.echo(f"demo backbone weights: {weights}")
