@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 from torch import nn
 
-from .backbones import is_head_param, resolve
-from .errors import ConfigError, NotMergeableError
+from safetensors.torch import load_file, save_file
+
+from .backbones import create_backbone, is_head_param, resolve
+from .errors import ConfigError, NotMergeableError, WeightsError
 from .methods import METHODS, get_method
 from .methods.base import unwrap_all
 
@@ -81,3 +86,33 @@ def merge_error(adapted: nn.Module, plain: nn.Module, inputs: torch.Tensor) -> f
     finally:
         adapted.train(modes[0]), plain.train(modes[1])
     return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What the method added or trained: its parameters and buffers, the head, and trained backbone tensors."""
+    backbone = model.alore_backbone
+    plain = set(create_backbone(backbone["name"], backbone["num_classes"], device="meta").state_dict())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+            if k in trainable or k.replace(".base_layer", "") not in plain}
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+    """Write safetensors atomically, with JSON-encoded metadata values."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
+              metadata={k: json.dumps(v) for k, v in metadata.items()})
+    os.replace(tmp, path)
+    return path
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load ``adapter.safetensors`` into a model adapted with the same method and options."""
+    state = load_file(str(path))
+    own = model.state_dict()
+    missing = [k for k in state if k not in own]
+    if missing:
+        raise WeightsError(f"adapter file {path} does not fit this model: unexpected {', '.join(missing[:3])}")
+    model.load_state_dict(state, strict=False)
+    return model

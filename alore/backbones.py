@@ -64,7 +64,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "convnext_test": BackboneSpec("test_convnext", description="timm test_convnext", image_size=32),
     "demo": BackboneSpec(
         "vit_small_patch16_224",
-        dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4),
+        dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4),
         description="4-layer ViT on 32x32 images, pre-trained by `alorectl data demo`",
     ),
 }

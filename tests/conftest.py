@@ -13,3 +13,15 @@ import torch  # noqa: E402
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory):
+    """The demo dataset and pre-trained demo backbone, made once per test session (no network)."""
+    from alore.data import write_demo_dataset
+    from alore.demo_backbone import write_demo_weights
+
+    out = tmp_path_factory.mktemp("demo")
+    write_demo_dataset(out)
+    write_demo_weights(out)
+    return out
