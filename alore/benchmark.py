@@ -68,3 +68,64 @@ def inference_rows(backbone: str, methods: list[str], batch_size: int, steps: in
                 on_row(rows[-1])
         del model, variants
     return rows
+
+
+def train_rows(backbone: str, methods: list[str], batch_size: int, steps: int, device: torch.device,
+               on_row: Callable[[dict], None] | None = None, baseline: str = "lora") -> list[dict]:
+    """Per method: images/s and peak memory of a training step (AdamW, bf16 autocast on CUDA), and
+    the share of an epoch spent producing batches from decoded images; ratios to ``baseline``."""
+    from .data import DecodedSplit, Preprocess
+
+    for name in methods:
+        get_method(name)
+    rows = []
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else _no_autocast
+    for name in methods:
+        model = apply(create_backbone(backbone, 100), name).to(device)
+        cfg = data_config(model)
+        size = cfg["image_size"]
+        # Decoded uint8 images on the device, as the training loop holds them after the first pass.
+        n = batch_size * (steps + 2)
+        split = DecodedSplit(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device),
+                             torch.randint(0, 100, (n,), device=device), Preprocess(size, cfg["mean"], cfg["std"]))
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        model.train()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        loading = compute = 0.0
+        batches = split.batches(batch_size, shuffle=True)
+        for i in range(steps + 2):  # two warm-up steps
+            t0 = time.perf_counter()
+            x, y = next(batches)
+            _sync(device)
+            t1 = time.perf_counter()
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            _sync(device)
+            if i >= 2:
+                loading += t1 - t0
+                compute += time.perf_counter() - t1
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        rows.append({"method": name, "images_per_s": batch_size * steps / (loading + compute),
+                     "step_ms": 1000 * compute / steps, "peak_mib": peak,
+                     "loading_share": loading / (loading + compute), "params": count_trainable(model)})
+        if on_row:
+            on_row(rows[-1])
+        del model, opt, split
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    ref = next((r for r in rows if r["method"] == baseline), rows[0])
+    for r in rows:
+        r["step_ratio"] = r["step_ms"] / ref["step_ms"]
+        r["memory_ratio"] = r["peak_mib"] / ref["peak_mib"] if r["peak_mib"] else None
+        r["baseline"] = ref["method"]
+    return rows
+
+
+def _no_autocast():
+    import contextlib
+
+    return contextlib.nullcontext()

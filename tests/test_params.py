@@ -86,3 +86,12 @@ def test_bench_inference_prints_ratios() -> None:
     rows = json.loads(result.stdout)
     assert [r["model"] for r in rows] == ["backbone", "alore (unmerged)", "alore (merged)", "vpt (unmerged)"]
     assert rows[0]["ratio"] == 1.0 and all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_bench_train_prints_ratios_to_lora() -> None:
+    result = runner.invoke(app, ["bench", "train", "--backbone", "vit_test", "--methods", "alore,lora",
+                                 "--batch-size", "4", "--steps", "1", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["method"]: r for r in json.loads(result.stdout)}
+    assert rows["lora"]["step_ratio"] == 1.0 and rows["alore"]["baseline"] == "lora"
+    assert 0.0 < rows["alore"]["loading_share"] < 1.0 and rows["alore"]["peak_mib"] is None  # no CUDA here

@@ -39,3 +39,33 @@ def inference(
     for r in rows:
         table.add_row(r["model"], f"{r['images_per_s']:.1f}", f"{r['ratio']:.3f}", f"{r['params']:,}")
     console.print(table)
+
+
+@app.command("train")
+def train(
+    backbone: Annotated[str, typer.Option(help="backbone to measure")] = "vit_b",
+    methods: Annotated[str, typer.Option(help="comma-separated methods")] = "alore,lora,ssf,repadapter,vpt,adapter,full",
+    batch_size: Annotated[int, typer.Option(help="images per step (paper: 32)")] = 32,
+    steps: Annotated[int, typer.Option(help="timed training steps per method")] = 10,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON rows")] = False,
+) -> None:
+    """Training step time, peak memory (CUDA) and data-loading share per method, as ratios to LoRA."""
+    from alore.benchmark import train_rows
+
+    dev = pick_device(device)
+    names = split_csv(methods)
+    rows = train_rows(backbone, names, batch_size, steps, dev, on_row=None if as_json else lambda r: console.print(
+        f"  {r['method']:<12} {r['step_ms']:8.1f} ms/step  {r['images_per_s']:8.1f} img/s", highlight=False))
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"Training step on {backbone} ({dev}), batch {batch_size}; ratios to {rows[0]['baseline']}")
+    for col in ("method", "img/s", "ms/step", "step ratio", "peak MiB", "memory ratio", "loading share", "params"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        table.add_row(r["method"], f"{r['images_per_s']:.1f}", f"{r['step_ms']:.1f}", f"{r['step_ratio']:.3f}",
+                      f"{r['peak_mib']:.0f}" if r["peak_mib"] else "n/a",
+                      f"{r['memory_ratio']:.3f}" if r["memory_ratio"] else "n/a",
+                      f"{100 * r['loading_share']:.2f}%", f"{r['params']:,}")
+    console.print(table)

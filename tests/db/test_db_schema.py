@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -10,10 +13,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
-from db import SchemaVersionError, connect
+from db import SchemaVersionError, connect, leaderboard, sweep_names
 from db.migrate import alembic_config, current_revision, head_revision, upgrade
 from db.models import Base
+from db.writes import upsert_sweep
 
+ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"sweep", "cell", "trial", "result", "alembic_version"}
 
 
@@ -91,9 +96,6 @@ def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path) -> None:
     # Writers BEGIN IMMEDIATE (they queue on the busy timeout instead of
     # failing); readers stay deferred, so with WAL `alorectl leaderboard`
     # answers while the sweep driver holds the write lock.
-    from db import leaderboard, sweep_names
-    from db.writes import upsert_sweep
-
     eng = connect(f"sqlite:///{tmp_path / 'rw.db'}")
     upsert_sweep(eng, "committed")
     with eng.begin() as writer:
@@ -104,3 +106,9 @@ def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path) -> None:
         assert time.monotonic() - started < 5  # far below the 30 s busy timeout
     assert sweep_names(eng) == ["committed", "uncommitted"]
     eng.dispose()
+
+
+def test_db_imports_neither_torch_nor_ray_nor_alore() -> None:
+    code = "import sys, db; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'alore'}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
