@@ -83,6 +83,9 @@ class TrainConfig:
 class Callbacks:
     """Hooks the CLI (progress bar) and the sweep (Ray Tune reports) implement."""
 
+    def on_start(self, model: nn.Module, data: Any) -> None:
+        """Once the model is built and the data decoded, before the first step."""
+
     def on_data(self, done: int, total: int) -> None:
         """Images decoded so far (only the first pass decodes)."""
 
@@ -194,6 +197,8 @@ def fit(config: TrainConfig, callbacks: Callbacks | None = None, *, checkpoint_d
         generator.set_state(state["rng_data"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
+
+    callbacks.on_start(model, data)
 
     # loop
     eval_every = config.eval_every or (1 if config.protocol == "search" else config.epochs)

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from alore.errors import AloreError
+from db.errors import DatabaseError
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -27,7 +28,7 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except AloreError as err:
+        except (AloreError, DatabaseError) as err:
             fail(str(err))
 
     return wrapper

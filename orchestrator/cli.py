@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from .app import App
-from .commands import bench, data, merge_check, params, train
+from .commands import bench, data, merge_check, params, sweep, train
 
 app = App(name="alorectl", help="ALoRE and baseline PETL methods on timm backbones: train, sweep, rank, export.")
 app.command("params")(params.params)
 app.command("check-merge")(merge_check.check_merge)
 app.command("train")(train.train)
+app.command("sweep")(sweep.sweep)
 app.add_typer(bench.app, name="bench")
 app.add_typer(data.app, name="data")
 

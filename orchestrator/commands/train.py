@@ -12,22 +12,18 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import alore
-from alore.api import adapter_state_dict, merge_error, save_weights
+from alore.artifacts import write_run_files
 from alore.data import task_info
 from alore.data.splits import require_root
 from alore.errors import ConfigError
 from alore.methods import get_method
 from alore.train import Callbacks, TrainConfig, fit
 
-from ..app import console, fail, print_json
-
-MERGE_TOLERANCE = 1e-4  # relative error, float32
-
+from ..app import console, print_json
 
 class ProgressCallbacks(Callbacks):
     """A rich progress bar: decoding once, then one bar per run with loss, accuracy and images/s."""
@@ -105,30 +101,10 @@ def train(
                    TimeRemainingColumn(), TextColumn("{task.fields[stats]}")]
         with Progress(*columns, console=console) as progress:
             metrics = fit(config, ProgressCallbacks(progress, epochs), checkpoint_dir=out, resume_from=out, keep=keep)
-    write_outputs(out, config, metrics, keep["model"], keep["data"])
+    write_run_files(out, metrics, keep["model"], keep["data"])
     if as_json:
         print_json({k: v for k, v in metrics.items() if k != "history"})
     else:
         score = "val_acc" if protocol == "search" else "test_acc"
         console.print(f"[bold]{method}[/] on {task}: {score} {metrics[score]:.2f}%  "
                       f"({metrics['trainable_params']:,} trainable params)  -> {out}", highlight=False)
-
-
-def write_outputs(out: Path, config: TrainConfig, metrics: dict[str, Any], model: torch.nn.Module, data: Any) -> None:
-    meta = {"backbone": model.alore_backbone, "method": model.alore_method, "task": config.task,
-            "num_classes": metrics["num_classes"]}
-    out.mkdir(parents=True, exist_ok=True)
-    save_weights(adapter_state_dict(model), out / "adapter.safetensors", meta)
-    if get_method(config.method).mergeable:
-        plain = alore.merge(model)
-        x, _ = next(iter(data.eval.batches(8)))
-        model.float(), plain.float()
-        err = merge_error(model, plain, x.float())
-        metrics["merge_relative_error"] = err
-        if not err <= MERGE_TOLERANCE:
-            fail(f"merged weights disagree with the adapted model (relative error {err:.2e} > {MERGE_TOLERANCE}); "
-                 "merged.safetensors not written")
-        save_weights(plain.state_dict(), out / "merged.safetensors", meta)
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(out / "metrics.json")

@@ -1,0 +1,27 @@
+"""Options every sweep-facing command shares, with the same embedded defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Workdir = Annotated[Path, typer.Option(help="work folder: Ray storage, MLflow store, leaderboard, artifacts",
+                                       envvar="ALORE_WORKDIR")]
+TrackingUri = Annotated[str | None, typer.Option(
+    help="MLflow tracking URI (default sqlite:///<workdir>/mlflow.db)", envvar="MLFLOW_TRACKING_URI")]
+DbUrl = Annotated[str | None, typer.Option(
+    "--db", help="leaderboard database URL (default sqlite:///<workdir>/leaderboard.db; "
+                 "postgresql+psycopg://user:pass@host/db on a cluster)", envvar="ALORE_DB")]
+Address = Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray instance)",
+                                             envvar="RAY_ADDRESS")]
+DEFAULT_WORKDIR = Path("work")
+
+
+def db_url(workdir: Path, url: str | None) -> str:
+    return url or f"sqlite:///{workdir.resolve() / 'leaderboard.db'}"
+
+
+def tracking_uri(workdir: Path, uri: str | None) -> str:
+    return uri or f"sqlite:///{workdir.resolve() / 'mlflow.db'}"

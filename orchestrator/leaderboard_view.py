@@ -1,0 +1,40 @@
+"""The paper's table layout for a backbone: tasks in benchmark order, groups, labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+import db
+from alore.data import DEMO_TASKS, FGVC_DATASETS, VTAB_TASKS
+from db.models import Result
+from db.session import read_scope
+
+# Column headers as the paper's tables 1 and 2 print them.
+LABELS = {
+    "cifar": "CIFAR-100", "caltech101": "Caltech101", "dtd": "DTD", "oxford_flowers102": "Flowers102",
+    "oxford_iiit_pet": "Pets", "svhn": "SVHN", "sun397": "Sun397", "patch_camelyon": "Camelyon",
+    "eurosat": "EuroSAT", "resisc45": "Resisc45", "diabetic_retinopathy": "Retinopathy",
+    "clevr_count": "Clevr-Count", "clevr_dist": "Clevr-Dist", "dmlab": "DMLab", "kitti": "KITTI-Dist",
+    "dsprites_loc": "dSpr-Loc", "dsprites_ori": "dSpr-Ori", "smallnorb_azi": "sNORB-Azim",
+    "smallnorb_ele": "sNORB-Ele", "cub": "CUB-200-2011", "nabirds": "NABirds", "oxford_flowers": "Oxford Flowers",
+    "stanford_dogs": "Stanford Dogs", "stanford_cars": "Stanford Cars",
+}
+METHOD_ORDER = ["full", "linear", "adapter", "adaptformer", "vpt_shallow", "vpt", "bitfit", "lora", "ssf",
+                "repadapter", "alore_attn", "alore"]
+
+
+def known(suite: str) -> dict[str, Any]:
+    return {**VTAB_TASKS, **DEMO_TASKS} if suite == "vtab" else dict(FGVC_DATASETS)
+
+
+def build(bind: Any, backbone: str, suite: str) -> db.Leaderboard:
+    infos = known(suite)
+    with read_scope(bind) as conn:
+        found = set(conn.execute(select(Result.task).where(Result.backbone == backbone, Result.suite == suite))
+                    .scalars())
+    order = [t for t in infos if t in found] + sorted(found - set(infos))
+    groups = {t: infos[t].group for t in order if t in infos}
+    return db.leaderboard(bind, backbone, suite=suite, task_order=order or None, groups=groups or None,
+                          method_order=METHOD_ORDER, labels=LABELS)
