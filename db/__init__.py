@@ -1,0 +1,58 @@
+"""The results database of alore's sweeps: schema, sessions, writes, leaderboard.
+
+SQLAlchemy 2 models (:mod:`db.models`) with Alembic migrations shipped in
+``db/migrations`` and applied by :func:`connect`; SQLite by default,
+PostgreSQL via ``postgresql+psycopg://``.  Writes (:mod:`db.writes`) are
+idempotent upserts keyed by each table's unique constraint.  Imports neither
+torch nor Ray (nor ``alore``): the orchestrator is its only writer.
+
+    engine = connect("sqlite:///work/alore.db")
+    sweep_id = upsert_sweep(engine, "vtab-2025-06", preset="vtab", suite="vtab", status="running")
+    cell_id = upsert_cell(engine, sweep_id, "vit_b", "cifar", "alore")
+    record_trial(engine, cell_id, "a1b2c3", protocol="search", val_acc=71.5)
+    ...
+    board = leaderboard(engine, "vit_b", suite="vtab", groups=VTAB_GROUPS)
+    print(to_markdown(board))
+"""
+
+from db.errors import (
+    DatabaseError,
+    DatabaseUnavailableError,
+    DatabaseURLError,
+    SchemaVersionError,
+    SweepNotFoundError,
+)
+from db.leaderboard import Leaderboard, leaderboard, to_csv, to_json, to_markdown, to_records, to_rows
+from db.session import Bind, connect, sessions
+from db.status import SweepStatus, sweep_names, sweep_status
+from db.urls import mask_url, parse_db_url
+from db.writes import record_result, record_trial, set_cell_status, set_sweep_status, upsert_cell, upsert_sweep
+
+__all__ = [
+    "Bind",
+    "DatabaseError",
+    "DatabaseURLError",
+    "DatabaseUnavailableError",
+    "Leaderboard",
+    "SchemaVersionError",
+    "SweepNotFoundError",
+    "SweepStatus",
+    "connect",
+    "leaderboard",
+    "mask_url",
+    "parse_db_url",
+    "record_result",
+    "record_trial",
+    "sessions",
+    "set_cell_status",
+    "set_sweep_status",
+    "sweep_names",
+    "sweep_status",
+    "to_csv",
+    "to_json",
+    "to_markdown",
+    "to_records",
+    "to_rows",
+    "upsert_cell",
+    "upsert_sweep",
+]

@@ -1,0 +1,1 @@
+"""Alembic environment and revisions of the results database (see :mod:`db.migrate`)."""
