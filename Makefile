@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The embedded sweep: local Ray, SQLite MLflow store and leaderboard in $(WORKDIR); digits data and
+# the demo backbone are generated there the first time. Run it again and it resumes (nothing reruns).
 demo: $(STAMP)
-	$(VENV)/bin/alorectl params --backbone vit_b
-	$(VENV)/bin/alorectl check-merge --backbone vit_b
+	$(VENV)/bin/alorectl sweep demo --workdir $(WORKDIR)
+	$(VENV)/bin/alorectl leaderboard --backbone demo --workdir $(WORKDIR)
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) .pytest_cache

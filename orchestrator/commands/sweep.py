@@ -80,7 +80,7 @@ def sweep(
     epochs: Annotated[int | None, typer.Option(help="training epochs (paper: 100)")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial; fractions pack trials on a GPU")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial")] = None,
-    data_root: Annotated[Path | None, typer.Option(help="data root (VTAB-1k or FGVC layout)")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="data root (VTAB-1k or FGVC layout)", envvar="ALORE_DATA_ROOT")] = None,
     weights: Annotated[str | None, typer.Option(help="BACKBONE=FILE,... (or one FILE for one backbone)")] = None,
     seeds: Annotated[str | None, typer.Option(help="seeds of the final runs, e.g. 42,43,44")] = None,
     address: Address = None,

@@ -1,0 +1,2 @@
+-- MLflow keeps its own database beside the leaderboard's.
+CREATE DATABASE mlflow;
