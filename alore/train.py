@@ -230,6 +230,7 @@ def fit(config: TrainConfig, callbacks: Callbacks | None = None, *, checkpoint_d
                                    "lr": lr, "images_per_s": seen / max(1e-9, time.perf_counter() - start)}
         if (epoch + 1) % eval_every == 0 or epoch + 1 == config.epochs:
             metrics[score_key] = evaluate(model, data.eval, config.eval_batch_size, autocast)
+        metrics["epoch_seconds"] = time.perf_counter() - start  # training + evaluation, for overhead accounting
         history.append(metrics)
 
         # checkpoint: everything needed to continue exactly here

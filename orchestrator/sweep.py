@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
+from ray.tune.result_grid import ResultGrid
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -36,7 +37,7 @@ from alore.errors import AloreError, DataError
 from db.urls import mask_text, mask_url
 
 from .preset import Preset
-from .tracking import Tracker
+from .tracking import Tracker, TrackingUnavailable
 from .trial import run_trial
 
 METRIC, MODE = "val_acc", "max"
@@ -172,7 +173,8 @@ def start_ray(address: str | None) -> None:
         except (ConnectionError, RuntimeError) as err:
             raise AloreError(f"cannot reach the Ray cluster at {address}: {err}") from None
     else:
-        ray.init(include_dashboard=False, **kwargs)
+        # "local": always a new embedded instance, never a cluster someone started with `ray start`.
+        ray.init(address="local", include_dashboard=False, **kwargs)
 
 
 def _tuner(path: Path, trainable: Any, space: dict, tune_config: tune.TuneConfig,
@@ -203,11 +205,12 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None) ->
                     "db": mask_url(settings.db_url)}
     sweep_id = db.upsert_sweep(engine, settings.name, preset=preset.name, suite=preset.suite, config=sweep_config,
                                status="running")
-    experiment = tracker.experiment(f"alore/{settings.name}")
     start_ray(settings.address)
     trainable = tune.with_resources(run_trial, {"cpu": preset.cpus_per_trial, "gpu": preset.gpus_per_trial})
+    pending = PendingTracking(settings)
     results = []
     try:
+        replay_pending(pending, preset, settings, engine, tracker, hooks)
         done = {(c.backbone, c.task, c.method) for c in db.sweep_status(engine, settings.name).cells
                 if c.status == "done"}
         for cell in cells(preset):
@@ -215,23 +218,26 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None) ->
             if (cell.backbone, cell.task, cell.method) in done:
                 continue
             db.set_cell_status(engine, cell_id, "running")
-            result = run_cell(preset, settings, cell, cell_id, sweep_id, engine, tracker, experiment, trainable,
-                              data_root, weights[cell.backbone], hooks)
+            search, final, result = run_cell(preset, settings, cell, cell_id, sweep_id, engine, trainable,
+                                             data_root, weights[cell.backbone], hooks)
+            track_or_defer(pending, settings, engine, tracker, cell, cell_id, search, final, result, hooks)
             results.append(result)
             hooks.on_cell_done(cell, result)
         db.set_sweep_status(engine, sweep_id, "done")
     except BaseException:
         db.set_sweep_status(engine, sweep_id, "interrupted")
         raise
-    publish_leaderboards(preset, settings, engine, tracker, experiment)
+    try:
+        publish_leaderboards(preset, settings, engine, tracker)
+    except TrackingUnavailable as err:
+        hooks.on_warning(f"the leaderboard artifact was not logged to MLflow: {err}")
     return results
 
 
 def run_cell(preset: Preset, settings: Settings, cell: Cell, cell_id: int, sweep_id: int, engine: Any,
-             tracker: Tracker, experiment: str, trainable: Any, data_root: Path, weights: str | None,
-             hooks: Hooks) -> dict[str, Any]:
-    tags = {"backbone": cell.backbone, "task": cell.task, "method": cell.method, "sweep": settings.name}
-    parent = tracker.find_or_create_run(experiment, f"{settings.name}/{cell.key}", cell.key, tags)
+             trainable: Any, data_root: Path, weights: str | None,
+             hooks: Hooks) -> tuple[list, list, dict[str, Any]]:
+    """Search, then final runs; writes the database. Returns the Tune results and the cell's result."""
     progress = [TrialProgress(lambda trial, ok: hooks.on_trial_done(cell, trial, ok))]
 
     # 1. search on train800 -> val200
@@ -245,15 +251,15 @@ def run_cell(preset: Preset, settings: Settings, cell: Cell, cell_id: int, sweep
                                   trial_dirname_creator=trial_dirname)
     name = f"{settings.name}__{cell.key}__search"
     space = param_space(preset, cell, data_root, weights, algorithm)
-    grid = _tuner(settings.storage / name, trainable, space, tune_config,
-                  run_config(settings, name, progress)).fit()
+    grid = list(_tuner(settings.storage / name, trainable, space, tune_config,
+                       run_config(settings, name, progress)).fit())
     searched = [r for r in grid if r.metrics and METRIC in r.metrics]
     if not searched:
         db.set_cell_status(engine, cell_id, "failed")
         first_error = next((str(r.error).splitlines()[-1] for r in grid if r.error), "no trial reported")
         raise AloreError(f"every search trial of {cell.key} failed: {first_error}")
     for r in grid:
-        log_trial(engine, tracker, experiment, parent, cell_id, cell, r, "search", tags)
+        record_trial(engine, cell_id, r, "search")
     best = max(searched, key=lambda r: r.metrics[METRIC])
     chosen = {k: best.config[k] for k in ("lr", "weight_decay", "dropout", "method_options") if k in best.config}
     db.set_cell_status(engine, cell_id, "running", best_config=chosen, best_val_acc=best.metrics[METRIC],
@@ -264,17 +270,18 @@ def run_cell(preset: Preset, settings: Settings, cell: Cell, cell_id: int, sweep
     final_space = {**{k: v for k, v in space.items() if k not in ("lr", "weight_decay", "dropout", "method_options")},
                    **chosen, "protocol": "final", "seed": tune.grid_search(list(preset.seeds))}
     name = f"{settings.name}__{cell.key}__final"
-    final_grid = _tuner(settings.storage / name, trainable, final_space,
-                        tune.TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname), run_config(settings, name, progress)).fit()
+    final_grid = list(_tuner(settings.storage / name, trainable, final_space,
+                             tune.TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname),
+                             run_config(settings, name, progress)).fit())
     finals = [r for r in final_grid if r.metrics and "test_acc" in r.metrics and r.checkpoint is not None]
     for r in final_grid:
-        log_trial(engine, tracker, experiment, parent, cell_id, cell, r, "final", tags)
+        record_trial(engine, cell_id, r, "final")
     if len(finals) != len(preset.seeds):
         db.set_cell_status(engine, cell_id, "failed")
         raise AloreError(f"final runs of {cell.key} failed for {len(preset.seeds) - len(finals)} seed(s)")
     accs = [r.metrics["test_acc"] for r in finals]
     first = sorted(finals, key=lambda r: r.config["seed"])[0]
-    keep = settings.artifacts / settings.name / cell.backbone / cell.task / cell.method
+    keep = cell_folder(settings, cell)
     if keep.exists():
         shutil.rmtree(keep)
     keep.mkdir(parents=True)
@@ -285,49 +292,130 @@ def run_cell(preset: Preset, settings: Settings, cell: Cell, cell_id: int, sweep
               "test_acc_mean": statistics.fmean(accs), "test_acc_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
               "seeds": list(preset.seeds), "val_acc": best.metrics[METRIC],
               "trainable_params": int(first.metrics.get("trainable_params", 0)),
-              "config": {**space["base"], **chosen, "weights": weights}, "epochs": preset.epochs}
+              "config": {**space["base"], **chosen, "weights": weights}, "epochs": preset.epochs,
+              "chosen": chosen}
     (keep / "result.json").write_text(json.dumps(result, indent=2))
-    tracker.log(parent, params={"chosen": chosen, "base": space["base"], "seeds": preset.seeds},
-                metrics={"best_val_acc": result["val_acc"], "test_acc_mean": result["test_acc_mean"],
-                         "test_acc_std": result["test_acc_std"], "trainable_params": result["trainable_params"]})
-    tracker.artifacts(parent, keep, "final")
-    tracker.finish(parent)
-    db.record_result(engine, sweep_id=sweep_id, mlflow_run_id=parent, artifact_uri=str(keep),
+    db.record_result(engine, sweep_id=sweep_id, artifact_uri=str(keep),
                      **{k: result[k] for k in ("backbone", "task", "method", "suite", "test_acc_mean", "test_acc_std",
                                                "seeds", "val_acc", "trainable_params", "config", "epochs")})
     db.set_cell_status(engine, cell_id, "done")
+    return grid, final_grid, result
+
+
+def cell_folder(settings: Settings, cell: Cell) -> Path:
+    return settings.artifacts / settings.name / cell.backbone / cell.task / cell.method
+
+
+def trial_key(r: Any, protocol: str) -> str:
+    trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name.removeprefix("trial_")
+    return f"{protocol}:{trial_id}"
+
+
+def record_trial(engine: Any, cell_id: int, r: Any, protocol: str, mlflow_run_id: str | None = None) -> None:
+    metrics = r.metrics or {}
+    hyper = {k: r.config[k] for k in ("lr", "weight_decay", "dropout", "method_options", "seed") if k in r.config}
+    status = "failed" if r.error is not None else ("done" if metrics.get("epoch") == r.config["base"]["epochs"]
+                                                   else "pruned")
+    db.record_trial(engine, cell_id, trial_key(r, protocol), protocol=protocol, status=status, config=hyper,
+                    seed=r.config.get("seed"), val_acc=metrics.get("val_acc"), test_acc=metrics.get("test_acc"),
+                    epochs_done=int(metrics.get("epoch", 0)), node_id=metrics.get("node_id"),
+                    mlflow_run_id=mlflow_run_id)
+
+
+# ---- MLflow: after the database, and deferred when the tracking server is away -----------------
+
+class PendingTracking:
+    """Cells whose MLflow logging failed; ``sweep resume`` (any later run of the sweep) logs them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = settings.workdir / f"mlflow-pending-{settings.name}.json"
+
+    def keys(self) -> list[str]:
+        return json.loads(self.path.read_text()) if self.path.is_file() else []
+
+    def _write(self, keys: list[str]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(set(keys))))
+        tmp.replace(self.path)
+
+    def add(self, key: str) -> None:
+        self._write(self.keys() + [key])
+
+    def remove(self, key: str) -> None:
+        keys = [k for k in self.keys() if k != key]
+        if keys:
+            self._write(keys)
+        else:
+            self.path.unlink(missing_ok=True)
+
+
+def track_or_defer(pending: PendingTracking, settings: Settings, engine: Any, tracker: Tracker, cell: Cell,
+                   cell_id: int, search: list, final: list, result: dict[str, Any], hooks: Hooks) -> None:
+    try:
+        track_cell(settings, engine, tracker, cell, cell_id, search, final, result)
+        pending.remove(cell.key)
+    except TrackingUnavailable as err:
+        pending.add(cell.key)
+        hooks.on_warning(f"MLflow logging of {cell.key} failed ({err}); the result is in the database and "
+                         f"`alorectl sweep resume {settings.name}` will log it")
+
+
+def replay_pending(pending: PendingTracking, preset: Preset, settings: Settings, engine: Any, tracker: Tracker,
+                   hooks: Hooks) -> None:
+    by_key = {c.key: c for c in cells(preset)}
+    status = {(c.backbone, c.task, c.method): c for c in db.sweep_status(engine, settings.name).cells}
+    for key in pending.keys():
+        cell = by_key.get(key)
+        if cell is None or status.get((cell.backbone, cell.task, cell.method)) is None:
+            continue
+        sweep_id = db.upsert_sweep(engine, settings.name)
+        cell_id = db.upsert_cell(engine, sweep_id, cell.backbone, cell.task, cell.method)
+        # Read back from Tune's storage; nothing is rerun.
+        grids = [list(ResultGrid(tune.ExperimentAnalysis(str(settings.storage / f"{settings.name}__{key}__{phase}"))))
+                 for phase in ("search", "final")]
+        result = json.loads((cell_folder(settings, cell) / "result.json").read_text())
+        track_or_defer(pending, settings, engine, tracker, cell, cell_id, grids[0], grids[1], result, hooks)
+
+
+def track_cell(settings: Settings, engine: Any, tracker: Tracker, cell: Cell, cell_id: int, search: list,
+               final: list, result: dict[str, Any]) -> None:
+    """Parent run per cell, child run per trial, artifacts, the leaderboard experiment (all idempotent)."""
+    experiment = tracker.experiment(f"alore/{settings.name}")
+    tags = {"backbone": cell.backbone, "task": cell.task, "method": cell.method, "sweep": settings.name}
+    parent = tracker.find_or_create_run(experiment, f"{settings.name}/{cell.key}", cell.key, tags)
+    for protocol, grid in (("search", search), ("final", final)):
+        for r in grid:
+            key = trial_key(r, protocol)
+            history = r.metrics_dataframe.to_dict("records") if r.metrics_dataframe is not None else []
+            hyper = {k: r.config[k] for k in ("lr", "weight_decay", "dropout", "method_options", "seed")
+                     if k in r.config}
+            run = tracker.find_or_create_run(experiment, f"{cell.key}/{key}", key.replace(":", "-"),
+                                             {**tags, "protocol": protocol}, parent=parent, history=history,
+                                             params=hyper)
+            tracker.finish(run, "FINISHED" if r.error is None else "FAILED")
+            record_trial(engine, cell_id, r, protocol, mlflow_run_id=run)
+    tracker.log(parent, params={"chosen": result["chosen"], "base": {k: v for k, v in result["config"].items()},
+                                "seeds": result["seeds"]},
+                metrics={"best_val_acc": result["val_acc"], "test_acc_mean": result["test_acc_mean"],
+                         "test_acc_std": result["test_acc_std"], "trainable_params": result["trainable_params"]})
+    tracker.artifacts(parent, cell_folder(settings, cell), "final")
+    tracker.finish(parent)
+    sweep_id = db.upsert_sweep(engine, settings.name)
+    db.record_result(engine, sweep_id=sweep_id, mlflow_run_id=parent,
+                     **{k: result[k] for k in ("backbone", "task", "method", "suite", "test_acc_mean", "seeds")})
     board = tracker.experiment(f"alore/leaderboard/{cell.backbone}")
     entry = tracker.find_or_create_run(board, f"{cell.backbone}/{cell.task}/{cell.method}",
                                        f"{cell.task}/{cell.method}", tags)
     tracker.log(entry, metrics={"test_acc": result["test_acc_mean"], "test_acc_std": result["test_acc_std"],
                                 "val_acc": result["val_acc"], "params_m": result["trainable_params"] / 1e6},
                 tags={"sweep": settings.name, "cell_run": parent})
-    return result
 
 
-def log_trial(engine: Any, tracker: Tracker, experiment: str, parent: str, cell_id: int, cell: Cell, r: Any,
-              protocol: str, tags: dict[str, str]) -> None:
-    trial_id = r.metrics.get("trial_id") if r.metrics else None
-    trial_id = trial_id or Path(r.path).name
-    key = f"{protocol}:{trial_id}"
-    history = r.metrics_dataframe.to_dict("records") if r.metrics_dataframe is not None else []
-    run = tracker.find_or_create_run(experiment, f"{cell.key}/{key}", f"{protocol}-{trial_id}",
-                                     {**tags, "protocol": protocol}, parent=parent)
-    hyper = {k: r.config[k] for k in ("lr", "weight_decay", "dropout", "method_options", "seed") if k in r.config}
-    tracker.log(run, params=hyper, history=history)
-    tracker.finish(run, "FINISHED" if r.error is None else "FAILED")
-    metrics = r.metrics or {}
-    status = "failed" if r.error is not None else ("done" if metrics.get("epoch") == r.config["base"]["epochs"]
-                                                   else "pruned")
-    db.record_trial(engine, cell_id, key, protocol=protocol, status=status, config=hyper, seed=r.config.get("seed"),
-                    val_acc=metrics.get("val_acc"), test_acc=metrics.get("test_acc"),
-                    epochs_done=int(metrics.get("epoch", 0)), node_id=metrics.get("node_id"), mlflow_run_id=run)
-
-
-def publish_leaderboards(preset: Preset, settings: Settings, engine: Any, tracker: Tracker, experiment: str) -> None:
+def publish_leaderboards(preset: Preset, settings: Settings, engine: Any, tracker: Tracker) -> None:
     """The sweep's own run carries each backbone's leaderboard table as an artifact."""
     from .leaderboard_view import build
 
+    experiment = tracker.experiment(f"alore/{settings.name}")
     run = tracker.find_or_create_run(experiment, f"{settings.name}/sweep", "sweep", {"sweep": settings.name})
     folder = settings.workdir / "leaderboards" / settings.name
     folder.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,11 @@ def execute(p: presets.Preset, settings: Settings) -> None:
                 f"test {r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f}  ({r['trainable_params']:,} params)",
                 highlight=False)
 
-        run_sweep(p, settings, Hooks(on_cell_start=cell_start, on_trial_done=trial_done, on_cell_done=cell_done))
+        def warning(message: str) -> None:
+            progress.console.print(f"  [yellow]warning:[/] {message}", highlight=False)
+
+        run_sweep(p, settings, Hooks(on_cell_start=cell_start, on_trial_done=trial_done, on_cell_done=cell_done,
+                                     on_warning=warning))
     console.print(f"leaderboard: alorectl leaderboard --backbone {p.backbones[0]} --suite {p.suite} "
                   f"--workdir {settings.workdir}")
     console.print(f"MLflow UI:   alorectl ui --workdir {settings.workdir}   (or: mlflow ui --backend-store-uri "
