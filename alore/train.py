@@ -231,6 +231,7 @@ def fit(config: TrainConfig, callbacks: Callbacks | None = None, *, checkpoint_d
         if (epoch + 1) % eval_every == 0 or epoch + 1 == config.epochs:
             metrics[score_key] = evaluate(model, data.eval, config.eval_batch_size, autocast)
         metrics["epoch_seconds"] = time.perf_counter() - start  # training + evaluation, for overhead accounting
+        metrics["train_seconds"] = sum(h["epoch_seconds"] for h in history) + metrics["epoch_seconds"]
         history.append(metrics)
 
         # checkpoint: everything needed to continue exactly here

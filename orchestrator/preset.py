@@ -46,6 +46,7 @@ class Preset:
     weights: dict[str, str] = dataclasses.field(default_factory=dict)
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None  # trials of one cell at once; None: as many as resources allow
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

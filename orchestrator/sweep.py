@@ -133,12 +133,17 @@ def param_space(preset: Preset, cell: Cell, data_root: Path, weights: str | None
 class TrialProgress(tune.Callback):
     """Forwards finished trials to the driver's progress display."""
 
-    def __init__(self, on_done: Callable[[Any, bool], None] | None) -> None:
-        self.on_done = on_done
+    def __init__(self, on_done: Callable[[Any, bool], None] | None,
+                 on_start: Callable[[Any], None] | None = None) -> None:
+        self.on_done, self.on_start = on_done, on_start
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles the run config for Tuner.restore; a live display does not travel.
-        return {"on_done": None}
+        return {"on_done": None, "on_start": None}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.on_start:
+            self.on_start(trial)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.on_done:
@@ -154,6 +159,7 @@ class Hooks:
     """What the CLI shows while a sweep runs."""
 
     on_cell_start: Callable[[Cell, str], None] = lambda cell, phase: None
+    on_trial_start: Callable[[Cell, Any], None] = lambda cell, trial: None
     on_trial_done: Callable[[Cell, Any, bool], None] = lambda cell, trial, ok: None
     on_cell_done: Callable[[Cell, dict[str, Any]], None] = lambda cell, result: None
     on_warning: Callable[[str], None] = lambda message: None
@@ -238,7 +244,8 @@ def run_cell(preset: Preset, settings: Settings, cell: Cell, cell_id: int, sweep
              trainable: Any, data_root: Path, weights: str | None,
              hooks: Hooks) -> tuple[list, list, dict[str, Any]]:
     """Search, then final runs; writes the database. Returns the Tune results and the cell's result."""
-    progress = [TrialProgress(lambda trial, ok: hooks.on_trial_done(cell, trial, ok))]
+    progress = [TrialProgress(lambda trial, ok: hooks.on_trial_done(cell, trial, ok),
+                              lambda trial: hooks.on_trial_start(cell, trial))]
 
     # 1. search on train800 -> val200
     hooks.on_cell_start(cell, "search")
@@ -248,7 +255,7 @@ def run_cell(preset: Preset, settings: Settings, cell: Cell, cell_id: int, sweep
                  if preset.scheduler == "asha" else FIFOScheduler())
     tune_config = tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=search_alg, scheduler=scheduler,
                                   num_samples=preset.trials if algorithm == "optuna" else 1,
-                                  trial_dirname_creator=trial_dirname)
+                                  max_concurrent_trials=preset.max_concurrent, trial_dirname_creator=trial_dirname)
     name = f"{settings.name}__{cell.key}__search"
     space = param_space(preset, cell, data_root, weights, algorithm)
     grid = list(_tuner(settings.storage / name, trainable, space, tune_config,
@@ -271,7 +278,8 @@ def run_cell(preset: Preset, settings: Settings, cell: Cell, cell_id: int, sweep
                    **chosen, "protocol": "final", "seed": tune.grid_search(list(preset.seeds))}
     name = f"{settings.name}__{cell.key}__final"
     final_grid = list(_tuner(settings.storage / name, trainable, final_space,
-                             tune.TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname),
+                             tune.TuneConfig(num_samples=1, max_concurrent_trials=preset.max_concurrent,
+                                             trial_dirname_creator=trial_dirname),
                              run_config(settings, name, progress)).fit())
     finals = [r for r in final_grid if r.metrics and "test_acc" in r.metrics and r.checkpoint is not None]
     for r in final_grid:

@@ -14,6 +14,7 @@ per (task, method) final result, for sorting and filtering in the MLflow UI.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import time
@@ -32,6 +33,9 @@ from db.urls import mask_text
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema set-up chatter on first use
 
 
 class TrackingUnavailable(Exception):

@@ -95,3 +95,14 @@ def test_bench_train_prints_ratios_to_lora() -> None:
     rows = {r["method"]: r for r in json.loads(result.stdout)}
     assert rows["lora"]["step_ratio"] == 1.0 and rows["alore"]["baseline"] == "lora"
     assert 0.0 < rows["alore"]["loading_share"] < 1.0 and rows["alore"]["peak_mib"] is None  # no CUDA here
+
+
+def test_bench_sweep_measures_both_concurrencies() -> None:
+    import ray
+
+    result = runner.invoke(app, ["bench", "sweep", "--trials", "1", "--epochs", "1", "--method", "linear", "--json"])
+    ray.shutdown()
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout[result.stdout.index("["):])
+    assert [r["concurrent"] for r in rows] == [1, 2] and rows[0]["speedup"] == 1.0
+    assert all(r["trials"] == 2 and 0.0 <= r["overhead_share"] <= 1.0 and r["trials_per_hour"] > 0 for r in rows)

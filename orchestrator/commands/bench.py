@@ -69,3 +69,29 @@ def train(
                       f"{r['memory_ratio']:.3f}" if r["memory_ratio"] else "n/a",
                       f"{100 * r['loading_share']:.2f}%", f"{r['params']:,}")
     console.print(table)
+
+
+@app.command("sweep")
+def sweep(
+    trials: Annotated[int, typer.Option(help="search trials per run (grid over lr)")] = 4,
+    epochs: Annotated[int, typer.Option(help="epochs per trial")] = 3,
+    method: Annotated[str, typer.Option(help="method to sweep")] = "alore",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON rows")] = False,
+) -> None:
+    """The same small demo sweep with 1 and 2 concurrent trials: trials/hour and overhead outside training."""
+    from alore.methods import get_method
+    from orchestrator.sweep_bench import bench_sweep
+
+    get_method(method)
+    rows = bench_sweep(trials, epochs, method)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="Sweep throughput (demo backbone, local Ray); overhead = share of a trial's wall time "
+                        "outside training")
+    for col in ("concurrent trials", "trials", "trials/hour", "speedup", "mean trial wall (s)", "overhead"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["concurrent"]), str(r["trials"]), f"{r['trials_per_hour']:.0f}", f"{r['speedup']:.2f}x",
+                      f"{r['mean_trial_wall_s']:.1f}", f"{100 * r['overhead_share']:.1f}%")
+    console.print(table)

@@ -1,0 +1,37 @@
+"""Security rules that cut across the layers: no credentials in MLflow params or stored configs,
+services on 127.0.0.1 by default, no pickle from artifacts."""
+
+from __future__ import annotations
+
+import inspect
+
+from orchestrator.commands import results
+from orchestrator.tracking import flatten
+from db.urls import mask_text
+
+
+def test_mlflow_params_never_carry_a_password() -> None:
+    params = flatten({"db": "postgresql+psycopg://alice:s3cret@db.internal:5432/alore",
+                      "nested": {"uri": "http://bob:hunter2@mlflow:5000"}})
+    assert "s3cret" not in str(params) and "hunter2" not in str(params)
+    assert params["db"].startswith("postgresql+psycopg://alice:***@db.internal")
+
+
+def test_tracking_uri_is_masked_before_it_is_stored() -> None:
+    assert "hunter2" not in mask_text("http://bob:hunter2@mlflow:5000")
+
+
+def test_ui_binds_to_loopback_by_default() -> None:
+    assert inspect.signature(results.ui).parameters["host"].default == "127.0.0.1"
+
+
+def test_no_unsafe_deserialization_in_the_code() -> None:
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for path in [*root.glob("alore/**/*.py"), *root.glob("orchestrator/**/*.py"), *root.glob("db/**/*.py")]:
+        text = path.read_text()
+        assert not re.search(r"\bpickle\.loads?\(", text), path
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, (path, call)
