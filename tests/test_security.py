@@ -33,5 +33,10 @@ def test_no_unsafe_deserialization_in_the_code() -> None:
     for path in [*root.glob("alore/**/*.py"), *root.glob("orchestrator/**/*.py"), *root.glob("db/**/*.py")]:
         text = path.read_text()
         assert not re.search(r"\bpickle\.loads?\(", text), path
-        for call in re.findall(r"torch\.load\([^)]*\)", text):
+        for match in re.finditer(r"torch\.load\(", text):
+            depth, end = 1, match.end()
+            while depth:  # the call's own closing parenthesis
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                end += 1
+            call = text[match.start():end]
             assert "weights_only=True" in call, (path, call)
