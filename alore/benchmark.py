@@ -14,13 +14,8 @@ from torch import nn
 
 from .api import apply, count_trainable, merge
 from .backbones import create_backbone, data_config
+from .device import autocast_for
 from .methods import get_method
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _sync(device: torch.device) -> None:
@@ -79,7 +74,7 @@ def train_rows(backbone: str, methods: list[str], batch_size: int, steps: int, d
     for name in methods:
         get_method(name)
     rows = []
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else _no_autocast
+    autocast = autocast_for(device)
     for name in methods:
         model = apply(create_backbone(backbone, 100), name).to(device)
         cfg = data_config(model)
@@ -124,8 +119,3 @@ def train_rows(backbone: str, methods: list[str], batch_size: int, steps: int, d
         r["baseline"] = ref["method"]
     return rows
 
-
-def _no_autocast():
-    import contextlib
-
-    return contextlib.nullcontext()

@@ -13,7 +13,6 @@ trains on train800val200 and scores test. Model selection only ever sees the
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -29,6 +28,7 @@ from torch import nn
 from .api import apply, count_trainable
 from .backbones import create_backbone, data_config
 from .data import PROTOCOLS, SUITES, load_task, task_info
+from .device import autocast_for, pick_device
 from .errors import ConfigError, UnknownChoiceError
 from .methods import get_method
 
@@ -104,14 +104,6 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} is not available here; valid choices: auto, cpu")
-    return torch.device(name)
-
-
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     """Backbone with its weights, the method applied with the run's dropout."""
     model = create_backbone(config.backbone, num_classes, config.weights)
@@ -162,8 +154,7 @@ def fit(config: TrainConfig, callbacks: Callbacks | None = None, *, checkpoint_d
 
     # device, autocast (bf16 on CUDA, float32 on CPU), seeds
     device = pick_device(config.device)
-    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda"
-                else contextlib.nullcontext)
+    autocast = autocast_for(device)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
 

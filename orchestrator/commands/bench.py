@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from alore.benchmark import inference_rows, pick_device
+from alore.benchmark import inference_rows
+from alore.device import pick_device
 
 from ..app import App, console, print_json, split_csv
 
