@@ -128,6 +128,7 @@ def export(
     method: Annotated[str, typer.Option(help="a method, or 'best' (chosen by val accuracy)")] = "alore",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("export"),
     workdir: Workdir = DEFAULT_WORKDIR,
+    tracking_uri_flag: TrackingUri = None,
     db_flag: DbUrl = None,
 ) -> None:
     """Write model.safetensors (merged into plain timm), adapter.safetensors and card.json."""
@@ -155,7 +156,8 @@ def export(
         "backbone": backbone, "timm_name": spec.timm_name, "timm_kwargs": kwargs, "num_classes": classes,
         "task": task, "suite": row.suite, "method": row.method, "config": row.config, "seeds": row.seeds,
         "epochs": row.epochs, "val_acc": row.val_acc, "test_acc": row.test_acc_mean, "test_acc_std": row.test_acc_std,
-        "trainable_params": row.trainable_params, "mlflow_run_id": row.mlflow_run_id, "sha256": files,
+        "trainable_params": row.trainable_params, "mlflow_run_id": row.mlflow_run_id,
+        "mlflow_tracking_uri": db.urls.mask_text(tracking_uri(workdir, tracking_uri_flag)), "sha256": files,
         "merged": "model.safetensors" in files,
         "load": load if "model.safetensors" in files else
         f"alore.apply(alore.create_backbone({backbone!r}, {classes}, weights=BACKBONE_WEIGHTS), {row.method!r}, "

@@ -139,11 +139,19 @@ def execute(p: presets.Preset, settings: Settings) -> None:
                   TextColumn("{task.fields[note]}"), console=console) as progress:
         bar = progress.add_task("trials", total=total, note="")
 
+        best: dict[Any, float] = {}
+
         def cell_start(cell: Any, phase: str) -> None:
             progress.update(bar, note=f"{cell.backbone}/{cell.task}/{cell.method}: {phase}")
 
         def trial_done(cell: Any, trial: Any, ok: bool) -> None:
-            progress.advance(bar)
+            val = (trial.last_result or {}).get("val_acc")
+            if val is not None and val > best.get(cell, -1.0):
+                best[cell] = val
+            note = f"{cell.backbone}/{cell.task}/{cell.method}"
+            if cell in best:
+                note += f": best val so far {best[cell]:.2f}"
+            progress.update(bar, advance=1, note=note)
 
         def cell_done(cell: Any, r: dict[str, Any]) -> None:
             progress.console.print(
