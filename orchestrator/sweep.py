@@ -171,6 +171,7 @@ def start_ray(address: str | None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Checkpointing every epoch is deliberate (resume); Tune's warning about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")  # a busy 2-core laptop is not a Tune bottleneck
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
     if address:
