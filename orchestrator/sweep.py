@@ -178,7 +178,9 @@ def start_ray(address: str | None) -> None:
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError) as err:
-            raise AloreError(f"cannot reach the Ray cluster at {address}: {err}") from None
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise AloreError(f"cannot reach the Ray cluster at {address}: {first} (check the address; a cluster "
+                             "with token authentication also needs RAY_AUTH_MODE=token and its token)") from None
     else:
         # "local": always a new embedded instance, never a cluster someone started with `ray start`.
         ray.init(address="local", include_dashboard=False, **kwargs)
@@ -225,6 +227,7 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None) ->
             if (cell.backbone, cell.task, cell.method) in done:
                 continue
             db.set_cell_status(engine, cell_id, "running")
+            pending.add(cell.key)  # until MLflow has the cell: a driver killed after the cell's "done" replays it
             search, final, result = run_cell(preset, settings, cell, cell_id, sweep_id, engine, trainable,
                                              data_root, weights[cell.backbone], hooks)
             track_or_defer(pending, settings, engine, tracker, cell, cell_id, search, final, result, hooks)
@@ -375,8 +378,9 @@ def replay_pending(pending: PendingTracking, preset: Preset, settings: Settings,
     status = {(c.backbone, c.task, c.method): c for c in db.sweep_status(engine, settings.name).cells}
     for key in pending.keys():
         cell = by_key.get(key)
-        if cell is None or status.get((cell.backbone, cell.task, cell.method)) is None:
-            continue
+        found = status.get((cell.backbone, cell.task, cell.method)) if cell is not None else None
+        if found is None or found.status != "done":
+            continue  # not finished: the cell runs again and is logged then
         sweep_id = db.upsert_sweep(engine, settings.name)
         cell_id = db.upsert_cell(engine, sweep_id, cell.backbone, cell.task, cell.method)
         # Read back from Tune's storage; nothing is rerun.

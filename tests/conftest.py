@@ -25,3 +25,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory):
     write_demo_dataset(out)
     write_demo_weights(out)
     return out
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cluster: starts a real multi-node Ray cluster on localhost (slow)")
