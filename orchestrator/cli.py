@@ -19,3 +19,7 @@ app.add_typer(data.app, name="data")
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
