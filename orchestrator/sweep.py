@@ -36,11 +36,18 @@ from alore.data import DEMO_TASKS, task_info, write_demo_dataset
 from alore.errors import AloreError, DataError
 from db.urls import mask_text, mask_url
 
-from .preset import Preset
+from . import defaults
+from .preset import SHARED_SPACE, Preset
 from .tracking import Tracker, TrackingUnavailable
 from .trial import run_trial
 
 METRIC, MODE = "val_acc", "max"
+SEARCHED = (*SHARED_SPACE, "method_options")  # the trial config keys a search chooses
+
+
+def chosen_params(config: dict[str, Any], *extra: str) -> dict[str, Any]:
+    """The chosen hyper-parameters of a trial config (plus ``extra`` keys such as the seed)."""
+    return {k: config[k] for k in (*SEARCHED, *extra) if k in config}
 
 
 @dataclasses.dataclass
@@ -57,8 +64,8 @@ class Settings:
     def embedded(cls, name: str, workdir: Path, tracking_uri: str | None = None, db_url: str | None = None,
                  address: str | None = None) -> Settings:
         workdir = workdir.resolve()
-        return cls(name, workdir, tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}",
-                   db_url or f"sqlite:///{workdir / 'leaderboard.db'}", address)
+        return cls(name, workdir, defaults.tracking_uri(workdir, tracking_uri), defaults.db_url(workdir, db_url),
+                   address)
 
     @property
     def storage(self) -> Path:
@@ -110,7 +117,7 @@ def cell_space(preset: Preset, method: str) -> tuple[dict[str, list], dict[str, 
     shared = {k: list(v) for k, v in preset.space.items()}
     options: dict[str, list] = {}
     for key, values in preset.method_space.get(method, {}).items():
-        (shared if key in shared or key in ("lr", "weight_decay", "dropout") else options)[key] = list(values)
+        (shared if key in SHARED_SPACE else options)[key] = list(values)
     return shared, options
 
 
@@ -272,13 +279,13 @@ def run_cell(preset: Preset, settings: Settings, cell: Cell, cell_id: int, sweep
     for r in grid:
         record_trial(engine, cell_id, r, "search")
     best = max(searched, key=lambda r: r.metrics[METRIC])
-    chosen = {k: best.config[k] for k in ("lr", "weight_decay", "dropout", "method_options") if k in best.config}
+    chosen = chosen_params(best.config)
     db.set_cell_status(engine, cell_id, "running", best_config=chosen, best_val_acc=best.metrics[METRIC],
                        seeds=preset.seeds, epochs=preset.epochs)
 
     # 2. the chosen configuration on train800val200 -> test, once per seed
     hooks.on_cell_start(cell, "final")
-    final_space = {**{k: v for k, v in space.items() if k not in ("lr", "weight_decay", "dropout", "method_options")},
+    final_space = {**{k: v for k, v in space.items() if k not in SEARCHED},
                    **chosen, "protocol": "final", "seed": tune.grid_search(list(preset.seeds))}
     name = f"{settings.name}__{cell.key}__final"
     final_grid = list(_tuner(settings.storage / name, trainable, final_space,
@@ -325,7 +332,7 @@ def trial_key(r: Any, protocol: str) -> str:
 
 def record_trial(engine: Any, cell_id: int, r: Any, protocol: str, mlflow_run_id: str | None = None) -> None:
     metrics = r.metrics or {}
-    hyper = {k: r.config[k] for k in ("lr", "weight_decay", "dropout", "method_options", "seed") if k in r.config}
+    hyper = chosen_params(r.config, "seed")
     status = "failed" if r.error is not None else ("done" if metrics.get("epoch") == r.config["base"]["epochs"]
                                                    else "pruned")
     db.record_trial(engine, cell_id, trial_key(r, protocol), protocol=protocol, status=status, config=hyper,
@@ -400,8 +407,7 @@ def track_cell(settings: Settings, engine: Any, tracker: Tracker, cell: Cell, ce
         for r in grid:
             key = trial_key(r, protocol)
             history = r.metrics_dataframe.to_dict("records") if r.metrics_dataframe is not None else []
-            hyper = {k: r.config[k] for k in ("lr", "weight_decay", "dropout", "method_options", "seed")
-                     if k in r.config}
+            hyper = chosen_params(r.config, "seed")
             run = tracker.find_or_create_run(experiment, f"{cell.key}/{key}", key.replace(":", "-"),
                                              {**tags, "protocol": protocol}, parent=parent, history=history,
                                              params=hyper)

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from ..defaults import db_url, tracking_uri  # noqa: F401  (the commands' shared defaults)
+
 Workdir = Annotated[Path, typer.Option(help="work folder: Ray storage, MLflow store, leaderboard, artifacts",
                                        envvar="ALORE_WORKDIR")]
 TrackingUri = Annotated[str | None, typer.Option(
@@ -18,10 +20,3 @@ Address = Annotated[str | None, typer.Option(help="Ray cluster address (default:
                                              envvar="RAY_ADDRESS")]
 DEFAULT_WORKDIR = Path("work")
 
-
-def db_url(workdir: Path, url: str | None) -> str:
-    return url or f"sqlite:///{workdir.resolve() / 'leaderboard.db'}"
-
-
-def tracking_uri(workdir: Path, uri: str | None) -> str:
-    return uri or f"sqlite:///{workdir.resolve() / 'mlflow.db'}"
