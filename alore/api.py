@@ -8,13 +8,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
 from safetensors.torch import load_file, save_file
 
-from .backbones import create_backbone, is_head_param, resolve
+from .backbones import build, create_backbone, is_head_param, resolve
 from .errors import ConfigError, NotMergeableError, WeightsError
 from .methods import METHODS, get_method
 from .methods.base import unwrap_all
@@ -68,8 +67,7 @@ def merge(model: nn.Module) -> nn.Module:
     ref = next(model.parameters())
     spec = resolve(backbone["name"])
     with torch.device(ref.device):
-        plain = timm.create_model(spec.timm_name, pretrained=False, num_classes=backbone["num_classes"],
-                                  **spec.kwargs).to(ref.dtype)
+        plain = build(spec, backbone["num_classes"]).to(ref.dtype)
     plain.load_state_dict(folded.state_dict(), strict=True)
     plain.alore_backbone = dict(backbone)
     plain.train(model.training)

@@ -81,7 +81,8 @@ def resolve(name: str) -> BackboneSpec:
     raise UnknownChoiceError("backbone", name, BACKBONES, hint="(or any timm model name)")
 
 
-def _build(spec: BackboneSpec, num_classes: int, pretrained: bool = False) -> nn.Module:
+def build(spec: BackboneSpec, num_classes: int, pretrained: bool = False) -> nn.Module:
+    """The plain timm model of ``spec`` (no alore bookkeeping, no local weights)."""
     return timm.create_model(spec.timm_name, pretrained=pretrained, num_classes=num_classes, **spec.kwargs)
 
 
@@ -104,7 +105,7 @@ def create_backbone(
     hub = weights in ("timm", "hub")
     with torch.device(device) if device is not None else contextlib.nullcontext():
         try:
-            model = _build(spec, num_classes, pretrained=hub)
+            model = build(spec, num_classes, pretrained=hub)
         except (OSError, RuntimeError) as err:  # timm/huggingface_hub: no network, no cache
             if not hub:
                 raise

@@ -25,6 +25,7 @@ from alore.train import Callbacks, TrainConfig, fit
 
 from ..app import console, print_json
 
+
 class ProgressCallbacks(Callbacks):
     """A rich progress bar: decoding once, then one bar per run with loss, accuracy and images/s."""
 
