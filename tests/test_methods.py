@@ -18,8 +18,15 @@ UNSUPPORTED = {
     ("convnext_test", "vpt"), ("convnext_test", "vpt_shallow"), ("convnext_test", "alore_attn"),
 }
 TEST_CASES = [(b, m) for b in SMALL for m in sorted(alore.METHODS)]
-# Methods whose added parameters start at zero, so that the adapted model starts as the backbone.
-IDENTITY_INIT = {"alore", "alore_attn", "repadapter", "lora", "adapter", "adaptformer", "bitfit", "linear", "full"}
+# Whether each method, with its defaults, starts as the backbone. Every method must say (see
+# test_every_method_declares_whether_it_starts_as_the_backbone), and both answers are checked.
+STARTS_AS_IDENTITY = {
+    "alore": True, "alore_attn": True, "repadapter": True, "lora": True, "adaptformer": True,  # zero up-projections
+    "bitfit": True, "linear": True, "full": True,  # nothing added
+    "adapter": False,  # NOAH's adapter trains from trunc_normal(0.02) weights: its branch is not 0 at init
+    "ssf": False,  # gamma ~ N(1, 0.02), beta ~ N(0, 0.02), as the official SSF code
+    "vpt": False, "vpt_shallow": False,  # the prompts are extra tokens the attention sees from the start
+}
 
 
 def backbone(name: str, classes: int = 5) -> torch.nn.Module:
@@ -83,17 +90,21 @@ def test_method_contract(bb: str, method: str) -> None:
     assert alore.count_trainable(model) == sum(p.numel() for n, p in model.named_parameters()
                                                if p.requires_grad and n not in head)
 
-    if method in IDENTITY_INIT:
-        with torch.no_grad():
-            assert torch.allclose(model(x), before, rtol=0, atol=1e-10), "the method must start as the identity"
+    with torch.no_grad():
+        unchanged = torch.allclose(model(x), before, rtol=0, atol=1e-10)
+    assert unchanged == STARTS_AS_IDENTITY[method], \
+        f"{method} {'starts' if unchanged else 'does not start'} as the backbone, STARTS_AS_IDENTITY says otherwise"
 
-    # Forward/backward reaches every trainable parameter.
+    # Move the method away from its identity init, or any merge would look right, and zero-initialised
+    # factors would hide a missing gradient (d/dA of B·A is 0 while B = 0).
+    randomize_trainable(model)
+
+    # Forward/backward reaches every trainable tensor with a nonzero gradient.
     model.train()
     model(x).logsumexp(-1).sum().backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not no_grad, f"{method}: no gradient reaches {no_grad[:4]}"
 
-    # Move the method away from its identity init, or any merge would look right.
-    randomize_trainable(model)
     model.eval()
     with torch.no_grad():
         adapted = model(x)
@@ -112,6 +123,25 @@ def test_method_contract(bb: str, method: str) -> None:
     rel = ((out - adapted).norm() / adapted.norm()).item()
     assert rel < 1e-5, f"merged and adapted outputs differ: relative error {rel:.2e}"
     assert type(plain) is type(fresh) and not any(isinstance(m, alore.methods.Wrapper) for m in plain.modules())
+
+
+def test_every_method_declares_whether_it_starts_as_the_backbone() -> None:
+    assert set(STARTS_AS_IDENTITY) == set(alore.METHODS)
+
+
+@pytest.mark.parametrize("method,overrides,identity", [
+    ("adapter", {"style": "pfeiffer"}, True),   # VPT's adapter, zero up-projection
+    ("adapter", {"init": "zero_up"}, True),
+    ("adapter", {"init": "xavier"}, False),     # NOAH adapter_super.py's own init
+    ("adaptformer", {"input": "norm"}, True),
+])
+def test_options_that_change_the_init(method: str, overrides: dict, identity: bool) -> None:
+    model = backbone("vit_test").eval()
+    x = inputs(model)
+    with torch.no_grad():
+        before = model(x)
+        after = alore.apply(model, method, **overrides)(x)
+    assert torch.allclose(after, before, rtol=0, atol=1e-10) == identity
 
 
 def test_apply_rejects_unknown_method_and_option() -> None:
@@ -139,6 +169,9 @@ def test_merge_needs_an_adapted_model() -> None:
     ("repadapter", {"groups": 3}, "groups=3 must divide bottleneck=8"),
     ("lora", {"targets": ["q", "x"]}, "unknown LoRA target 'x'; valid choices: fc1, fc2, k, proj, q, v"),
     ("vpt", {"prompts": 0}, "prompts must be >= 1"),
+    ("adapter", {"style": "houlsby"}, "unknown adapter style 'houlsby'; valid choices: noah, pfeiffer"),
+    ("adapter", {"init": "kaiming"}, "unknown adapter init 'kaiming'; valid choices: trunc_normal, xavier, zero_up"),
+    ("adaptformer", {"input": "fc1"}, "unknown AdaptFormer input 'fc1'; valid choices: norm, residual"),
 ])
 def test_bad_config_values_name_the_value(method: str, overrides: dict, message: str) -> None:
     with pytest.raises(AloreError, match=message):

@@ -1,5 +1,10 @@
 """LoRA (Hu et al.): a parallel low-rank update ``W + (alpha/r)·B A`` of chosen projections.
 
+Reference: microsoft/LoRA ``loralib/layers.py`` (``MergedLinear.forward`` with
+``enable_lora=[True, False, True]`` on the fused qkv)::
+
+    qkv(x) = x W^T + b + (alpha / r) · pad_qv(dropout(x) A^T B^T)        A ∈ R^{r×d} kaiming, B = 0
+
 Transformers: q and v of the fused ``attn.qkv`` (paper table 2 setting, r=8),
 ``2·w·d·r·L`` parameters (table 10, w=2). ConvNeXt has no attention: ``mlp.fc1``
 and ``mlp.fc2`` instead.

@@ -1,8 +1,15 @@
-"""RepAdapter (Luo et al.): a linear bottleneck adapter with a grouped up-projection.
+"""RepAdapter (Luo et al.): a linear bottleneck adapter with a grouped up-projection (paper tables 1-3).
 
-``x + s · B(dropout(A x))`` before MHSA and before FFN (the official placement),
-bottleneck 8, 2 groups in B. Purely linear, so it folds into the next Linear
-exactly as ALoRE does (an affine map ``x M + c``).
+Reference: luogen1996/RepAdapter ``repadapter.py`` (``RepAdapter.forward``, placed by
+``forward_vit_block_adapter``, folded by ``set_RepWeight``)::
+
+    A(x) = x + s · (W_B · dropout(W_A · x + b_A) + b_B)        W_B block-diagonal with g = 2 groups
+    x    = x + MHSA(A_attn(LN1(x)));   x = x + MLP(A_mlp(LN2(x)))
+
+before MHSA and before FFN (the official ``repblock`` placement), bottleneck 8, xavier W_A,
+zero W_B and biases (starts as the identity). The official scale search
+(``scripts/search_repblock.sh``) is s ∈ {0.1, 0.5, 1, 5, 10}. Purely linear, so it folds
+into the next Linear exactly as ALoRE does (an affine map ``x M + c``, paper eq. 8).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from .base import AffineAround, MethodConfig, check, field, register, replace
 class RepAdapterConfig(MethodConfig):
     bottleneck: int = field(8, "hidden size of the adapter")
     groups: int = field(2, "groups of the up-projection")
-    scale: float = field(1.0, "s: output scale; searchable (the RepAdapter grid uses {0.01, 0.1, 1, 10, 100})")
+    scale: float = field(1.0, "s: output scale; searchable (official grid, search_repblock.sh: {0.1, 0.5, 1, 5, 10})")
     learnable_scale: bool = field(False, "learn s instead of fixing it")
     dropout: float = field(0.1, "dropout between the projections; grid {0.1, 0}")
     locations: list[str] | None = field(None, f"any of {', '.join(LOCATIONS)}; default before MHSA and FFN")

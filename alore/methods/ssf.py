@@ -1,8 +1,12 @@
 """SSF (Lian et al.): scale and shift the features after every operation.
 
-Every Linear, LayerNorm and Conv2d of the backbone outside the classifier gets
-a per-channel ``y·γ + β``; ``2·o·d·L`` parameters (table 10). Each folds into
-the operation it follows.
+Reference: dongzelian/SSF ``models/vision_transformer.py`` (``ssf_ada``, ``init_ssf_scale_shift``)::
+
+    ssf_ada(y) = y ⊙ γ + β        γ ~ N(1, 0.02), β ~ N(0, 0.02), per channel
+
+after the patch-embedding conv, qkv, proj, fc1, fc2, norm1, norm2 and the final norm. Here every
+Linear, LayerNorm and Conv2d of the backbone outside the classifier gets one;
+``2·o·d·L`` parameters (table 10). Each folds into the operation it follows.
 """
 
 from __future__ import annotations

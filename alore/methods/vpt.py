@@ -1,10 +1,20 @@
-"""VPT (Jia et al.): learnable prompt tokens inserted after the class token.
+"""VPT (Jia et al.): learnable prompt tokens inserted after the class token (paper table 2; table 10).
 
-Shallow: m prompts before the first block (``m·d`` parameters). Deep: a fresh set
-of m prompts replaces the previous one before every block (``m·d·L``). Prompts are
-removed after the last block so timm's pooling sees the usual tokens. Prompts
-change the sequence length: the method cannot merge. ViT backbones only (Swin's
-windowed attention and ConvNeXt have no token sequence to extend).
+Reference: KMnP/vpt ``src/models/vit_prompt/vit.py`` (``PromptedTransformer.incorporate_prompt``
+and ``forward_deep_prompt``)::
+
+    Deep:     [x_i, _,   E_i] = L_i([x_{i-1}, dropout(P_{i-1}), E_{i-1}])     i = 1..L
+    Shallow:  [x_1, Z_1, E_1] = L_1([x_0, dropout(P_0), E_0]),  then  [x_i, Z_i, E_i] = L_i([x_{i-1}, Z_{i-1}, E_{i-1}])
+
+with x the class token, E the patch tokens, P_i ∈ R^{m×d} ~ uniform(±sqrt(6 / (3·p² + d))) for patch size p.
+
+Shallow: m prompts before the first block (``m·d`` parameters). Deep: a fresh set of m prompts
+replaces the previous one before every block (``m·d·L``). The prompts are expanded over the
+batch before the dropout, so every sample gets its own dropout mask, as in the reference.
+Prompts are removed after the last block so timm's pooling sees the usual tokens (with the
+class-token pooling of ViT this is what VPT's ``x[:, 0]`` reads). Prompts change the sequence
+length: the method cannot merge. ViT backbones only (Swin's windowed attention and ConvNeXt
+have no token sequence to extend).
 """
 
 from __future__ import annotations
@@ -53,7 +63,8 @@ class PromptedBlock(Wrapper):
     def forward(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         x = self._strip(x, self.prefix, self.strip_before)
         if self.prompts is not None:
-            prompts = self.dropout(self.prompts).expand(x.shape[0], -1, -1)
+            # Expand, then drop: one dropout mask per sample (VPT drops the expanded prompts).
+            prompts = self.dropout(self.prompts.expand(x.shape[0], -1, -1))
             x = torch.cat([x[:, :self.prefix], prompts, x[:, self.prefix:]], dim=1)
         x = self.base_layer(x, **kwargs)
         return self._strip(x, self.prefix, self.strip_after)
