@@ -7,12 +7,18 @@ into it with ``strict=True``.
 
 Weights come from one of three places:
 
-* ``None``: random initialisation (tests, parameter counts, benchmarks);
-* a timm pretrained tag (``"timm"`` or ``"hub"``): downloaded by timm through
-  huggingface_hub where a network exists;
+* ``None`` or ``"random"`` (:data:`RANDOM`): random initialisation (tests,
+  parameter counts, benchmarks; a user training on it says so on purpose);
+* a timm pretrained tag (``"timm"`` or ``"hub"``): read by timm from the local
+  huggingface hub cache, or downloaded where a network exists;
+  :func:`fetch_pretrained` turns it into a local safetensors file once, which
+  is what a cluster's trials then load;
 * a local file (``.safetensors``, ``.pth``/``.bin``/``.pt`` loaded with
   ``weights_only=True``, or Google's original ``.npz``) for clusters without
   internet access.
+
+Backbone names become file names (fetched weights, sweep folders), so every
+name matches one safe pattern (:data:`NAME_PATTERN`) before anything uses it.
 
 Local files are loaded by this module rather than through
 ``pretrained_cfg_overlay=dict(file=...)``: timm drops a mismatched head and then
@@ -25,6 +31,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +41,12 @@ import timm
 import torch
 from torch import nn
 
-from .errors import UnknownChoiceError, WeightsError
+from .errors import ConfigError, UnknownChoiceError, WeightsError
+
+#: ``weights="random"``: random initialisation on purpose (the same as ``None`` here).
+RANDOM = "random"
+#: ``weights="timm"`` (or ``"hub"``): timm's pretrained weights for the backbone's tag.
+HUB = ("timm", "hub")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,16 +83,123 @@ BACKBONES: dict[str, BackboneSpec] = {
     ),
 }
 
+#: Small real architectures for CI and the demo: random unless given a file (the demo preset passes its own).
+SMALL_TEST = ("vit_test", "swin_test", "convnext_test", "demo")
+
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
+
+#: Letters, digits, ``_`` and ``-``, with at most one ``.tag`` of the same (every timm name fits).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)?")
+NAME_RULE = "letters, digits, '_' and '-', with one optional '.tag'"
 
 
 def resolve(name: str) -> BackboneSpec:
-    """Map a short name, or any timm model name, to a :class:`BackboneSpec`."""
+    """Map a short name, or any timm model name (``arch`` or ``arch.tag``), to a :class:`BackboneSpec`."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"invalid backbone name {name!r}: use a short name ({', '.join(sorted(BACKBONES))}) "
+                          f"or a timm model name ({NAME_RULE})")
     if name in BACKBONES:
         return BACKBONES[name]
-    if timm.is_model(name.split(".")[0]):
-        return BackboneSpec(name)
-    raise UnknownChoiceError("backbone", name, BACKBONES, hint="(or any timm model name)")
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        raise UnknownChoiceError("backbone", name, BACKBONES, hint="(or any timm model name)")
+    if tag:
+        tags = {n.partition(".")[2] for n in timm.models.get_arch_pretrained_cfgs(arch)}
+        if tag not in tags:
+            raise UnknownChoiceError(f"pretrained tag for {arch}", tag, tags or {"(none: use the bare name)"})
+    return BackboneSpec(name)
+
+
+def is_small_test(name: str) -> bool:
+    """The small CI/demo backbones, which train from random weights unless given a file."""
+    return name in SMALL_TEST
+
+
+def pretrained_tag(name: str) -> str:
+    """timm's model name with the pretrained tag the backbone uses, e.g. ``vit_base_patch16_224.orig_in21k``."""
+    spec = resolve(name)
+    arch, _, tag = spec.timm_name.partition(".")
+    if tag:
+        return spec.timm_name
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None or not cfg.tag or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise WeightsError(f"timm has no pretrained weights for backbone {name!r} ({arch}); pass a weights file "
+                           f"(.safetensors/.pth/.npz) or {RANDOM!r} with --weights")
+    return f"{arch}.{cfg.tag}"
+
+
+def _hub_error(name: str, tag: str, err: Exception, flag: str) -> WeightsError:
+    import huggingface_hub.constants as hub
+
+    why = "offline" if hub.HF_HUB_OFFLINE else f"{type(err).__name__}"
+    return WeightsError(
+        f"no pretrained weights for {name}: timm's {tag!r} is not in the local hub cache and cannot be downloaded "
+        f"({why}); pass {flag}FILE (.safetensors/.pth/.npz), or {flag}{RANDOM} to train a random backbone on purpose")
+
+
+def _offline_and_not_cached(tag: str) -> bool:
+    """True when huggingface_hub is offline and holds no weights file of the tag's hub repo."""
+    import huggingface_hub
+    import huggingface_hub.constants as hub
+
+    cfg = timm.models.get_pretrained_cfg(tag)
+    if not hub.HF_HUB_OFFLINE or cfg is None or not cfg.hf_hub_id:
+        return False  # online, or weights that come from a URL: timm decides
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin",
+                                                                  "open_clip_pytorch_model.bin"]
+    return not any(isinstance(huggingface_hub.try_to_load_from_cache(repo, n, revision=revision or None), str)
+                   for n in names)
+
+
+def fetch_pretrained(name: str, dest_dir: Path, *, flag: str | None = None) -> Path:
+    """A local safetensors file of the backbone's pretrained weights: ``dest_dir/<tag>.safetensors``.
+
+    An existing file is returned as it is (no model is built: cheap for ViT-H).
+    Otherwise timm resolves the tag's weights (the local huggingface hub cache
+    first, a download where a network exists) and applies its own conversion
+    (Google ``.npz`` → timm keys, position-embedding resampling for the spec's
+    image size); the state dict is written atomically. The file loads back
+    through ``create_backbone(name, K, weights=path)``. Without weights anywhere:
+    one :class:`WeightsError` line naming the backbone, the tag and ``flag``
+    (default ``--weights NAME=``, the sweep's form; ``alorectl train`` passes
+    ``--weights ``).
+    """
+    flag = f"--weights {name}=" if flag is None else flag
+    tag = pretrained_tag(name)
+    dest_dir = Path(dest_dir)
+    filename = re.sub(r"[^A-Za-z0-9_.-]", "_", tag).lstrip(".") + ".safetensors"
+    path = dest_dir / filename
+    if Path(os.path.normpath(path)).parent != Path(os.path.normpath(dest_dir)):  # NAME_PATTERN forbids it already
+        raise ConfigError(f"pretrained weights file for {name!r} would leave {dest_dir}: {path}")
+    if path.is_file():
+        return path
+    spec = resolve(name)
+    if _offline_and_not_cached(tag):  # answer at once, not after building a ViT-H to load nothing into it
+        raise _hub_error(name, tag, OSError("offline"), flag)
+    try:
+        model = timm.create_model(tag, pretrained=True, **spec.kwargs)
+    except (OSError, RuntimeError) as err:  # huggingface_hub: not cached and no network (or a refused download)
+        raise _hub_error(name, tag, err, flag) from None
+    from safetensors.torch import save_file
+
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata={"backbone": name, "timm_tag": tag})
+        os.replace(tmp, path)  # another process fetching the same tag writes the same bytes
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def weights_cache_dir() -> Path:
+    """Where ``alorectl train`` keeps fetched pretrained weights: ``$ALORE_WEIGHTS_DIR`` or the user's cache."""
+    if os.environ.get("ALORE_WEIGHTS_DIR"):
+        return Path(os.environ["ALORE_WEIGHTS_DIR"])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "alore" / "weights"
 
 
 def build(spec: BackboneSpec, num_classes: int, pretrained: bool = False) -> nn.Module:
@@ -95,24 +216,24 @@ def create_backbone(
 ) -> nn.Module:
     """Create a timm backbone with a fresh ``num_classes`` head.
 
-    ``weights`` is None, ``"timm"``/``"hub"`` (timm's pretrained weights for the
-    tag), or a path to a local weights file. Pass ``device="meta"`` to build the
+    ``weights`` is None or ``"random"`` (random initialisation), ``"timm"``/``"hub"``
+    (timm's pretrained weights for the tag, from the hub cache or a download), or
+    a path to a local weights file. Pass ``device="meta"`` to build the
     architecture without allocating memory (parameter counts of ViT-H).
     """
     if num_classes < 0:
         raise WeightsError(f"num_classes must be >= 0, got {num_classes}")
     spec = resolve(name)
-    hub = weights in ("timm", "hub")
+    if weights == RANDOM:
+        weights = None
+    hub = weights in HUB
     with torch.device(device) if device is not None else contextlib.nullcontext():
         try:
             model = build(spec, num_classes, pretrained=hub)
         except (OSError, RuntimeError) as err:  # timm/huggingface_hub: no network, no cache
             if not hub:
                 raise
-            raise WeightsError(
-                f"cannot download pretrained weights for {spec.timm_name!r} ({type(err).__name__}); "
-                "without network access pass a local file: --weights PATH.safetensors|.pth|.npz"
-            ) from None
+            raise _hub_error(name, pretrained_tag(name), err, "--weights ") from None
     if weights is not None and not hub:
         load_weights(model, weights)
     model.alore_backbone = {"name": name, "timm_name": spec.timm_name, "kwargs": dict(spec.kwargs),
@@ -139,9 +260,22 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UnknownChoiceError("weights file type", path.suffix or path.name, WEIGHT_SUFFIXES)
     try:
         # timm's reader: safetensors or torch.load(weights_only=True), unwraps 'state_dict'/'model'.
-        return timm.models.load_state_dict(str(path), weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol chatter would add lines to a one-line error
+            warnings.simplefilter("ignore")
+            state = timm.models.load_state_dict(str(path), weights_only=True)
     except Exception as err:  # any decoding failure is a bad file, not a bug here
-        raise WeightsError(f"cannot read weights file {path}: {err.__class__.__name__}: {err}") from None
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise WeightsError(f"refused weights file {path}: it holds Python objects, not only tensors "
+                               "(loaded with weights_only=True; save a state dict or use .safetensors)") from None
+        raise WeightsError(f"{path} is not a valid {_format_name(path)} weights file "
+                           f"({err.__class__.__name__})") from None
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} is not a valid {_format_name(path)} weights file (no state dict of tensors)")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _format_name(path: Path) -> str:
+    return {".safetensors": "safetensors", ".npz": "numpy .npz"}.get(path.suffix, f"PyTorch {path.suffix}")
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
@@ -172,8 +306,18 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
 
 def _load_npz(model: nn.Module, path: Path) -> None:
     # Google's original ViT .npz checkpoints: timm's converter (custom_load) does the mapping.
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
     if not hasattr(model, "load_pretrained"):
         raise WeightsError(f"{path}: .npz weights are only supported for ViT backbones")
+    try:  # a readable archive of arrays first, so a broken file is named as one (not as a misfit)
+        import numpy as np
+
+        with np.load(path, allow_pickle=False) as archive:
+            if not archive.files:
+                raise ValueError("no arrays")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise WeightsError(f"{path} is not a valid numpy .npz weights file ({err.__class__.__name__})") from None
     try:
         model.load_pretrained(str(path))
     except Exception as err:

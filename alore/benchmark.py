@@ -13,14 +13,27 @@ import torch
 from torch import nn
 
 from .api import apply, count_trainable, merge
-from .backbones import create_backbone, data_config
+from .backbones import create_backbone, data_config, resolve
 from .device import autocast_for
+from .errors import ConfigError
 from .methods import get_method
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def check_args(backbone: str, methods: list[str], batch_size: int, steps: int) -> None:
+    """Every name and size checked before a model is built or a line printed (one ConfigError line)."""
+    resolve(backbone)
+    if not methods:
+        raise ConfigError("no methods to measure; pass --methods alore,lora,...")
+    for name in methods:
+        get_method(name)
+    for flag, value in (("--batch-size", batch_size), ("--steps", steps)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
 
 
 @torch.inference_mode()
@@ -40,8 +53,7 @@ def inference_rows(backbone: str, methods: list[str], batch_size: int, steps: in
                    dtype: torch.dtype = torch.float32,
                    on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """One row for the bare backbone, then per method: unmerged and (where possible) merged."""
-    for name in methods:
-        get_method(name)
+    check_args(backbone, methods, batch_size, steps)
     bare = create_backbone(backbone, 10).to(device=device, dtype=dtype)
     size = data_config(bare)["image_size"]
     inputs = torch.randn(batch_size, 3, size, size, device=device, dtype=dtype)
@@ -71,8 +83,7 @@ def train_rows(backbone: str, methods: list[str], batch_size: int, steps: int, d
     the share of an epoch spent producing batches from decoded images; ratios to ``baseline``."""
     from .data import DecodedSplit, Preprocess
 
-    for name in methods:
-        get_method(name)
+    check_args(backbone, methods, batch_size, steps)
     rows = []
     autocast = autocast_for(device)
     for name in methods:

@@ -16,8 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import time
+import types
+import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .api import apply, count_trainable
-from .backbones import create_backbone, data_config
+from .backbones import HUB, RANDOM, create_backbone, data_config, is_small_test, pretrained_tag
 from .data import PROTOCOLS, SUITES, load_task, task_info
 from .device import autocast_for, pick_device
-from .errors import ConfigError, UnknownChoiceError
+from .errors import ConfigError, UnknownChoiceError, WeightsError
 from .methods import get_method
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_KEYS = {"config", "trainable", "optimizer", "epoch", "step", "history", "rng_cpu", "rng_data"}
 
 
 @dataclasses.dataclass
@@ -40,7 +45,7 @@ class TrainConfig:
     """Everything one run needs; the defaults are the paper's (table 8)."""
 
     backbone: str = "vit_b"
-    weights: str | None = None
+    weights: str | None = None   # a file, "timm", or "random"; None: random, allowed for small test backbones only
     task: str = "cifar"
     suite: str = "vtab"
     data_root: str = "data/vtab-1k"
@@ -51,7 +56,7 @@ class TrainConfig:
     weight_decay: float = 1e-3   # grid {0.05, 0.01, 0.005, 0.001, 0}
     dropout: float | None = None  # grid {0.1, 0}; None keeps the method's default
     epochs: int = 100
-    warmup_epochs: int = 10
+    warmup_epochs: int | None = None  # None: 10% of the epochs (the paper's 10 of 100)
     batch_size: int = 32
     min_lr: float = 1e-8
     seed: int = 42
@@ -59,12 +64,17 @@ class TrainConfig:
     eval_every: int = 0          # epochs between evaluations; 0: every epoch for search, the last for final
     eval_batch_size: int = 256
 
+    def __post_init__(self) -> None:
+        if self.warmup_epochs is None:
+            self.warmup_epochs = default_warmup(self.epochs)
+
     def validate(self) -> None:
         if self.suite not in SUITES:
             raise UnknownChoiceError("suite", self.suite, SUITES)
         if self.protocol not in PROTOCOLS:
             raise UnknownChoiceError("protocol", self.protocol, PROTOCOLS)
-        get_method(self.method)
+        check_method_options(self.method, self.method_options)
+        pick_device(self.device)
         checks = [("lr", self.lr > 0, "must be positive"),
                   ("min_lr", 0 <= self.min_lr <= self.lr, f"must be in [0, lr={self.lr}]"),("weight_decay", self.weight_decay >= 0, "must be >= 0"),
                   ("epochs", self.epochs >= 1, "must be >= 1"),
@@ -78,6 +88,91 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def weights_used(self) -> str:
+        """What the backbone starts from, as recorded in the metrics: a file, ``timm:<tag>`` or ``random``."""
+        if self.weights is None or self.weights == RANDOM:
+            return RANDOM
+        if self.weights in HUB:
+            return f"timm:{pretrained_tag(self.backbone)}"
+        return str(self.weights)
+
+
+def default_warmup(epochs: int) -> int:
+    """10% of the epochs, rounded half up: the paper warms up 10 of 100 epochs (section 4.1)."""
+    return (epochs + 5) // 10 if isinstance(epochs, int) and epochs > 0 else 0
+
+
+def check_method_options(method: str, options: dict[str, Any]) -> Any:
+    """The method's config from ``options``, each value checked against its field's type first
+    (``rank="abc"`` is one ConfigError line, not a TypeError inside the config's checks)."""
+    cls = get_method(method).config_cls
+    hints = typing.get_type_hints(cls)
+    for key, value in options.items():
+        if key in hints and not _fits(value, hints[key]):
+            raise ConfigError(f"option {key}={value!r} for method {method!r} must be {_describe(hints[key])}")
+    return cls.from_overrides(options)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:  # numbers.*: a search algorithm may hand over numpy scalars
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and (not args or all(_fits(v, args[0]) for v in value))
+    return True  # a type this check does not know: the config's own validation decides
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in args)
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if hint in names:
+        return names[hint]
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def read_checkpoint(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The resume state in ``folder`` (None when there is none); a file that is not one of ours is refused
+    in one line: it is read with ``weights_only=True`` and must hold every key :func:`fit` writes."""
+    path = Path(folder) / CHECKPOINT
+    if not path.exists():
+        return None
+    advice = "remove it or use another output folder"
+    try:
+        with warnings.catch_warnings():  # torch's pickle-protocol chatter would add lines to a one-line error
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unreadable, truncated, or a pickle with code in it: never unpickled
+        why = "it holds Python objects, not only tensors" if "weights_only" in str(err) else type(err).__name__
+        raise WeightsError(f"{path} is not a valid alore checkpoint ({why}); {advice}") from None
+    missing = sorted(CHECKPOINT_KEYS - set(state)) if isinstance(state, dict) else ["(not a dict)"]
+    if missing or not isinstance(state.get("config"), dict):
+        raise WeightsError(f"{path} is not a valid alore checkpoint (missing {', '.join(missing) or 'config'}); "
+                           f"{advice}")
+    return state
+
+
+def check_resume(config: TrainConfig, folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The checkpoint in ``folder`` if it belongs to ``config``; another configuration's is refused."""
+    state = read_checkpoint(folder)
+    if state is not None and state["config"] != config.to_dict():
+        raise ConfigError(f"checkpoint in {folder} belongs to another configuration; "
+                          "use a new output folder or the same options")
+    return state
 
 
 class Callbacks:
@@ -150,6 +245,10 @@ def fit(config: TrainConfig, callbacks: Callbacks | None = None, *, checkpoint_d
     ``model`` and the decoded ``data`` (the CLI writes and checks weights with them).
     """
     config.validate()
+    if config.weights is None and not is_small_test(config.backbone):
+        # Never a silently random backbone: random is a choice ("random"), pretrained is "timm" or a file.
+        raise WeightsError(f"no weights chosen for backbone {config.backbone!r}: pass a weights file, 'timm' "
+                           f"(timm's pretrained {pretrained_tag(config.backbone)}), or {RANDOM!r} on purpose")
     callbacks = callbacks or Callbacks()
 
     # device, autocast (bf16 on CUDA, float32 on CPU), seeds
@@ -176,11 +275,8 @@ def fit(config: TrainConfig, callbacks: Callbacks | None = None, *, checkpoint_d
 
     # resume
     start_epoch, step, history = 0, 0, []
-    if resume_from is not None and (Path(resume_from) / CHECKPOINT).is_file():
-        state = torch.load(Path(resume_from) / CHECKPOINT, map_location="cpu", weights_only=True)
-        if state["config"] != config.to_dict():
-            raise ConfigError(f"checkpoint in {resume_from} belongs to another configuration; "
-                              "use a new output folder or the same options")
+    state = check_resume(config, resume_from) if resume_from is not None else None
+    if state is not None:
         model.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, history = state["epoch"], state["step"], json.loads(state["history"])
@@ -239,7 +335,8 @@ def fit(config: TrainConfig, callbacks: Callbacks | None = None, *, checkpoint_d
         callbacks.on_epoch(dict(metrics), ckpt)
 
     final = history[-1]
-    result = {"backbone": config.backbone, "task": config.task, "suite": config.suite, "method": config.method,
+    result = {"backbone": config.backbone, "weights": config.weights_used(), "task": config.task,
+              "suite": config.suite, "method": config.method,
               "protocol": config.protocol, "epochs": config.epochs, "seed": config.seed, "lr": config.lr,
               "weight_decay": config.weight_decay, "dropout": config.dropout, "batch_size": config.batch_size,
               "num_classes": info.num_classes, "trainable_params": params, score_key: final[score_key],

@@ -55,7 +55,7 @@ def test_pickled_objects_are_refused(tmp_path) -> None:
     marker = tmp_path / "ran"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": {}, "payload": Payload(str(marker))}, f)
-    with pytest.raises(WeightsError, match="cannot read weights file .*evil.pth"):
+    with pytest.raises(WeightsError, match="refused weights file .*evil.pth: it holds Python objects"):
         alore.create_backbone("vit_test", 3, weights=path)
     assert not marker.exists(), "the pickle's code must never run"
 
@@ -84,10 +84,40 @@ def test_missing_file_and_unknown_suffix(tmp_path) -> None:
         alore.create_backbone("vit_test", 3, weights=odd)
 
 
-def test_no_network_says_to_pass_a_local_file() -> None:
-    # conftest sets HF_HUB_OFFLINE=1, as a cluster without internet access would see it.
-    with pytest.raises(WeightsError, match="without network access pass a local file"):
+@pytest.mark.parametrize("name,content,message", [
+    ("text.pth", b"these are not weights\n", "is not a valid PyTorch .pth weights file"),
+    ("cut.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{", "is not a valid safetensors weights file"),
+    ("bad.npz", b"\x93NUMPY garbage", "is not a valid numpy .npz weights file"),
+])
+def test_a_broken_file_is_named_as_not_a_valid_file_of_its_format(tmp_path, name, content, message) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(WeightsError, match=f"{path.name} {message}") as err:
+        alore.create_backbone("vit_test", 3, weights=path)
+    assert "\n" not in str(err.value)
+
+
+def test_no_network_says_to_pass_a_local_file(tmp_path, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    # Offline with an empty hub cache, as a cluster without internet access would see it.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsError, match=r"no pretrained weights for vit_test: timm's 'test_vit.r160_in1k' is not in "
+                                           r"the local hub cache .*\(offline\); pass --weights FILE"):
         alore.create_backbone("vit_test", 3, weights="timm")
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224./../x", "../vit_b", "vit_b/..", "a.b.c", "", "vit b"])
+def test_unsafe_backbone_names_are_refused_before_any_path_is_built(name: str) -> None:
+    with pytest.raises(alore.AloreError, match="invalid backbone name .*: use a short name .*one optional '.tag'"):
+        alore.create_backbone(name, 3, device="meta")
+
+
+def test_a_tag_must_be_one_of_the_architectures_tags() -> None:
+    assert alore.create_backbone("test_vit.r160_in1k", 3).alore_backbone["timm_name"] == "test_vit.r160_in1k"
+    with pytest.raises(UnknownChoiceError, match="unknown pretrained tag for test_vit 'bogus'; valid choices: r160_in1k"):
+        alore.create_backbone("test_vit.bogus", 3)
 
 
 def test_unknown_backbone_lists_the_names() -> None:

@@ -370,7 +370,7 @@ def test_check_names_each_problem(digits_copy: Path, corrupt):
         assert fragment in text
 
     result = run_cli("check", "--root", digits_copy)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # a problem the user can fix: exit 2, as every user error
     for fragment in expected:
         assert fragment in result.stdout
     as_json = json.loads(run_cli("check", "--root", digits_copy, "--json").stdout)

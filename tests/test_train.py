@@ -33,11 +33,34 @@ def test_schedule_is_linear_warmup_then_cosine() -> None:
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
 
 
+def test_warmup_defaults_to_a_tenth_of_the_epochs() -> None:
+    # The paper warms up 10 of 100 epochs; a 5-epoch run must not inherit "10" and fail.
+    assert TrainConfig(epochs=100).warmup_epochs == 10
+    assert TrainConfig(epochs=5).warmup_epochs == 1 and TrainConfig(epochs=4).warmup_epochs == 0
+    assert TrainConfig(epochs=5, warmup_epochs=3).warmup_epochs == 3
+    TrainConfig(epochs=5, device="cpu", method="linear").validate()
+    with pytest.raises(alore.AloreError, match=r"warmup_epochs must be in \[0, epochs=5\], got 10"):
+        TrainConfig(epochs=5, warmup_epochs=10, device="cpu").validate()
+
+
+MARGIN = 1.5  # accuracy points above the linear probe (see below)
+
+
+@pytest.fixture(scope="module")
+def linear_probe(demo_dir) -> dict:
+    """The frozen backbone with a trained head only: the bar every adapter must clear with the same seed."""
+    return fit(config(demo_dir, method="linear"))
+
+
 @pytest.mark.parametrize("method", ["alore", "lora", "ssf"])
-def test_a_few_final_epochs_beat_chance_clearly(demo_dir, method: str) -> None:
+def test_a_few_final_epochs_beat_the_linear_probe(demo_dir, linear_probe, method: str) -> None:
+    # Measured (demo backbone, 8 epochs, seed 42): linear 69.5, lora 72.5, ssf 73.8, alore 74.8. With the adapters'
+    # parameters left out of the optimizer (never trained) alore and lora score exactly the probe's 69.5 and SSF,
+    # whose scales start randomly near 1, 69.75: so each must clear the probe by a margin, not by a hair.
     metrics = fit(config(demo_dir, method=method))
     assert metrics["protocol"] == "final" and metrics["num_classes"] == 10
-    assert metrics["test_acc"] > 40.0, f"{method}: {metrics['test_acc']:.1f}% on 10 classes (chance 10%)"
+    assert metrics["test_acc"] > linear_probe["test_acc"] + MARGIN, (
+        f"{method}: {metrics['test_acc']:.2f}% vs linear probe {linear_probe['test_acc']:.2f}% + {MARGIN}")
     assert metrics["trainable_params"] == alore.count_trainable(
         alore.apply(alore.create_backbone("demo", 10), method))
 
@@ -97,6 +120,7 @@ def test_train_cli_writes_metrics_adapter_and_merged_weights(demo_dir, tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["protocol"] == "final" and 0.0 <= metrics["test_acc"] <= 100.0
     assert metrics["trainable_params"] == 4 * 64 * 4 * 4 + 4**3 and metrics["merge_relative_error"] < 1e-4
+    assert metrics["weights"] == str(demo_dir / "demo.safetensors")
 
     # The merged file is a plain timm model whose outputs equal the adapted model's.
     spec = BACKBONES["demo"]

@@ -13,7 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ..app import App, print_json, split_csv
+from ..app import App, fail, print_json, split_csv
 
 # App: every command's AloreError becomes one "error: ..." line on stderr and exit 2.
 app = App(help="Check VTAB-1k / FGVC folders on disk and write the offline demo dataset.")
@@ -34,7 +34,7 @@ def check(
         "--decode-all", help="Decode every image, not one per split (slow).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON instead of a table.")] = False,
 ) -> None:
-    """Validate every task: split files, labels, split sizes, image files; exit 1 on any problem."""
+    """Validate every task: split files, labels, split sizes, image files; exit 2 on any problem."""
     from alore.data import check_root
 
     names = split_csv(tasks) or None  # "--tasks ''" means all tasks, as omitting it does
@@ -43,8 +43,9 @@ def check(
         print_json([r.to_dict() for r in reports])
     else:
         _print_reports(reports)
-    if not all(r.ok for r in reports):
-        raise typer.Exit(1)
+    bad = [r.task for r in reports if not r.ok]
+    if bad:  # a problem in the data is the user's to fix, like any other bad input: one line, exit 2
+        fail(f"{len(bad)} of {len(reports)} task(s) have problems (listed above): {', '.join(bad)}")
 
 
 def _print_reports(reports: list) -> None:

@@ -24,8 +24,11 @@ def check_merge(
 ) -> None:
     """Merge each method (weights moved away from the identity) and check plain timm gives the same outputs."""
     names = split_csv(methods) or alore.mergeable_methods()
+    alore.backbones.resolve(backbone)
     for name in names:
         get_method(name)
+    if not tolerance > 0:
+        fail(f"--tolerance must be > 0, got {tolerance}")
     torch.manual_seed(0)
     rows = []
     for name in names:

@@ -8,19 +8,29 @@ import typer
 from rich.table import Table
 
 import alore
+from alore.errors import AloreError
 from alore.methods import get_method
 
 from ..app import console, print_json, split_csv
 
 
 def count_rows(backbone: str, methods: list[str], num_classes: int) -> list[dict]:
+    """One row per method; a method that does not apply to this architecture (VPT on Swin or
+    ConvNeXt, ALoRE_attn on ConvNeXt) is an honest n/a row with the reason, not a failure."""
+    alore.backbones.resolve(backbone)
     rows = []
     for name in methods:
         spec = get_method(name)
         model = alore.create_backbone(backbone, num_classes, device="meta")  # no weights, no memory
-        alore.apply(model, name)
-        rows.append({"method": name, "trainable_params": alore.count_trainable(model),
-                     "mergeable": spec.mergeable, "formula": spec.paper_params, "description": spec.description})
+        row = {"method": name, "trainable_params": None, "supported": True, "reason": None,
+               "mergeable": spec.mergeable, "formula": spec.paper_params, "description": spec.description}
+        try:
+            alore.apply(model, name)
+        except AloreError as err:  # the method's own "does not apply to this backbone" line
+            row.update(supported=False, reason=str(err))
+        else:
+            row["trainable_params"] = alore.count_trainable(model)
+        rows.append(row)
     return rows
 
 
@@ -36,12 +46,17 @@ def params(
         get_method(name)  # fail on a bad name before building anything
     rows = count_rows(backbone, names, classes)
     if as_json:
-        print_json([{k: r[k] for k in ("method", "trainable_params", "mergeable", "formula")} for r in rows])
+        keys = ("method", "trainable_params", "supported", "reason", "mergeable", "formula")
+        print_json([{k: r[k] for k in keys} for r in rows])
         return
     table = Table(title=f"Trainable parameters on {backbone} (head excluded, paper appendix C)")
     for col in ("method", "params", "Params(M)", "mergeable", "table 10 formula"):
         table.add_column(col, justify="right" if col.startswith(("params", "Params")) else "left")
     for r in rows:
-        table.add_row(r["method"], f"{r['trainable_params']:,}", f"{r['trainable_params'] / 1e6:.2f}",
-                      "yes" if r["mergeable"] else "no", r["formula"])
+        n = r["trainable_params"]
+        table.add_row(r["method"], "n/a" if n is None else f"{n:,}", "n/a" if n is None else f"{n / 1e6:.2f}",
+                      "-" if n is None else "yes" if r["mergeable"] else "no", r["formula"])
     console.print(table)
+    for r in rows:  # the reasons in full, below the table: they name the backbones the method fits
+        if not r["supported"]:
+            console.print(f"n/a {r['method']}: {r['reason']}", highlight=False, markup=False, soft_wrap=True)
