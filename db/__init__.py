@@ -13,36 +13,53 @@ torch nor Ray (nor ``alore``): the orchestrator is its only writer.
     ...
     board = leaderboard(engine, "vit_b", suite="vtab", groups=VTAB_GROUPS)
     print(to_markdown(board))
+
+Commands that only read open the store with :func:`open_existing` (never
+creates or migrates it) and find rows with :mod:`db.lookup`::
+
+    engine = open_existing("sqlite:///work/alore.db")
+    row = find_result(engine, "vit_b", "cifar", "best")   # chosen by val accuracy
 """
 
 from db.errors import (
     DatabaseError,
+    DatabaseNotFoundError,
     DatabaseUnavailableError,
     DatabaseURLError,
     SchemaVersionError,
     SweepNotFoundError,
+    UnknownResultError,
 )
 from db.leaderboard import Leaderboard, leaderboard, to_csv, to_json, to_markdown, to_records, to_rows
-from db.session import Bind, connect, sessions
-from db.status import SweepStatus, sweep_names, sweep_status
+from db.lookup import find_result, result_backbones, result_suites, result_tasks
+from db.session import Bind, connect, open_existing, sessions
+from db.status import SweepStatus, TrialRow, results_of, sweep_config, sweep_names, sweep_status, sweep_trials
 from db.urls import mask_url, parse_db_url
-from db.writes import record_result, record_trial, set_cell_status, set_sweep_status, upsert_cell, upsert_sweep
+from db.writes import (record_result, record_trial, set_cell_status, set_result_run, set_sweep_status, upsert_cell,
+                       upsert_sweep)
 
 __all__ = [
     "Bind",
     "DatabaseError",
+    "DatabaseNotFoundError",
     "DatabaseURLError",
     "DatabaseUnavailableError",
     "Leaderboard",
     "SchemaVersionError",
     "SweepNotFoundError",
     "SweepStatus",
+    "UnknownResultError",
     "connect",
+    "find_result",
     "leaderboard",
     "mask_url",
+    "open_existing",
     "parse_db_url",
     "record_result",
     "record_trial",
+    "result_backbones",
+    "result_suites",
+    "result_tasks",
     "sessions",
     "set_cell_status",
     "set_sweep_status",
@@ -54,5 +71,10 @@ __all__ = [
     "to_records",
     "to_rows",
     "upsert_cell",
+    "TrialRow",
+    "results_of",
+    "set_result_run",
+    "sweep_config",
+    "sweep_trials",
     "upsert_sweep",
 ]

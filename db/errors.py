@@ -39,3 +39,21 @@ class SweepNotFoundError(DatabaseError, LookupError):
         self.name, self.choices = name, sorted(choices)
         valid = ", ".join(self.choices) if self.choices else "(no sweeps recorded yet)"
         super().__init__(f"unknown sweep {name!r}; valid choices: {valid}")
+
+
+class DatabaseNotFoundError(DatabaseError, LookupError):
+    """A database that a reading command expected to exist: no file, or no alore schema in it yet."""
+
+    def __init__(self, masked_url: str, cause: str) -> None:
+        self.masked_url, self.cause = masked_url, cause
+        super().__init__(f"no alore database at {masked_url}: {cause}")
+
+
+class UnknownResultError(DatabaseError, LookupError):
+    """No result row for a (backbone, task, method); names the combinations that have one."""
+
+    def __init__(self, wanted: str, choices: Iterable[str], reason: str = "") -> None:
+        self.wanted, self.choices = wanted, sorted(choices)
+        valid = ", ".join(self.choices) if self.choices else "(no results recorded yet: run a sweep)"
+        what = reason or f"unknown result {wanted!r} (backbone/task/method)"
+        super().__init__(f"{what}; valid choices: {valid}")

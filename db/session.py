@@ -1,4 +1,4 @@
-"""Opening the results database: one call, :func:`connect`, for every caller.
+"""Opening the results database: :func:`connect` for writers, :func:`open_existing` for readers.
 
 ``connect(url)`` parses ``--db``, prepares the backend (SQLite: its folder,
 WAL, a busy timeout, foreign keys; PostgreSQL: a connect timeout and
@@ -6,6 +6,13 @@ pre-ping), upgrades the schema to head, and returns the ``Engine``.  A
 database that cannot be reached becomes one :class:`DatabaseUnavailableError`
 whose message names the masked URL and the cause, which the CLI prints as its
 one line (exit code 2).
+
+``open_existing(url)`` is for commands that only read (leaderboard, export,
+sweep status): it never creates a file or a folder, never migrates, refuses
+a database without alore's schema (:class:`DatabaseNotFoundError`) or at
+another revision than this code's (:class:`SchemaVersionError`), and its
+connections cannot write (SQLite ``query_only``, PostgreSQL
+``default_transaction_read_only``).
 """
 
 from __future__ import annotations
@@ -14,11 +21,16 @@ import logging
 import random
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DatabaseError as SADatabaseError
@@ -26,8 +38,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from db.errors import DatabaseUnavailableError
-from db.migrate import upgrade
+from db.errors import DatabaseNotFoundError, DatabaseUnavailableError, SchemaVersionError
+from db.migrate import alembic_config, head_revision, upgrade
 from db.urls import mask_text, mask_url, parse_db_url
 
 log = logging.getLogger(__name__)
@@ -48,23 +60,24 @@ Bind = Engine | Connection | Session
 _READ_ONLY = "alore_read_only"
 
 
-def connect(url: str | URL, *, migrate: bool = True, echo: bool = False) -> Engine:
+def connect(url: str | URL, *, create: bool = True, migrate: bool = True, echo: bool = False) -> Engine:
     """An engine on the database at ``url``, its schema upgraded to head.
 
     ``url``: ``sqlite:///path.db`` (the folder is created), a bare file path,
-    or ``postgresql+psycopg://user:pass@host:port/db``.  ``migrate=False``
-    only checks that the database answers.  Safe to call from several
-    processes at once.  Raises :class:`DatabaseURLError` for a bad URL,
-    :class:`DatabaseUnavailableError` when the database cannot be reached,
-    :class:`SchemaVersionError` when it is newer than this code.
+    or ``postgresql+psycopg://user:pass@host:port/db``.  ``create=False``:
+    the database must already hold alore's schema (an SQLite file is never
+    created; :class:`DatabaseNotFoundError` otherwise), e.g. to resume a sweep.
+    ``migrate=False`` only checks that the database answers.  Safe to call
+    from several processes at once.  Raises :class:`DatabaseURLError` for a
+    bad URL, :class:`DatabaseUnavailableError` when the database cannot be
+    reached, :class:`SchemaVersionError` when it is newer than this code.
     """
     parsed = parse_db_url(url)
     masked = mask_url(parsed)
-    if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(parsed, masked, echo)
-    else:
-        engine = _postgresql_engine(parsed, echo)
+    engine = _engine(parsed, masked, echo, create=create, read_only=False)
     try:
+        if not create:
+            _schema_revision(engine, masked)  # present; upgrade() below judges the revision
         if migrate:
             revision = upgrade(engine)
         else:
@@ -78,6 +91,62 @@ def connect(url: str | URL, *, migrate: bool = True, echo: bool = False) -> Engi
         raise
     log.info("database %s ready (schema %s)", masked, revision or "not checked")
     return engine
+
+
+def open_existing(url: str | URL, *, echo: bool = False) -> Engine:
+    """A read-only engine on a database that alore already wrote; nothing is created or migrated.
+
+    Raises :class:`DatabaseNotFoundError` when the SQLite file does not exist
+    or the database holds no alore schema yet, :class:`SchemaVersionError`
+    when its schema is at another revision than this code's head (a reader
+    cannot upgrade it; any sweep command does), and the errors of
+    :func:`connect` for bad or unreachable URLs.
+    """
+    parsed = parse_db_url(url)
+    masked = mask_url(parsed)
+    engine = _engine(parsed, masked, echo, create=False, read_only=True)
+    try:
+        revision = _schema_revision(engine, masked)
+        head = head_revision()
+        if revision != head:
+            raise _revision_error(masked, revision, head)
+    except BaseException as exc:
+        engine.dispose()
+        if _unreachable(exc):
+            raise DatabaseUnavailableError(masked, _cause(exc, parsed.password)) from exc
+        raise
+    log.info("database %s opened read-only (schema %s)", masked, revision)
+    return engine
+
+
+def _engine(url: URL, masked: str, echo: bool, *, create: bool, read_only: bool) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, masked, echo, create=create, read_only=read_only)
+    return _postgresql_engine(url, echo, read_only=read_only)
+
+
+def _schema_revision(engine: Engine, masked: str) -> str:
+    """The database's Alembic revision; :class:`DatabaseNotFoundError` when it has none (empty)."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_READ_ONLY: True})
+        heads = MigrationContext.configure(conn).get_current_heads()
+    if not heads:
+        raise DatabaseNotFoundError(masked, "it holds no alore tables yet")
+    return ",".join(heads)
+
+
+def _revision_error(masked: str, revision: str, head: str) -> SchemaVersionError:
+    try:
+        ScriptDirectory.from_config(alembic_config()).get_revisions(revision.split(","))
+    except (CommandError, RevisionError):  # a revision this code does not ship
+        return SchemaVersionError(
+            f"database {masked} is at schema revision {revision}, which this version of alore does not know "
+            f"(its newest is {head}); upgrade alore or point --db at another database"
+        )
+    return SchemaVersionError(
+        f"database {masked} is at schema revision {revision}, older than this alore's {head}; "
+        "a reading command does not upgrade it: resume or run a sweep on it first (that upgrades it)"
+    )
 
 
 def sessions(engine: Engine) -> sessionmaker[Session]:
@@ -113,7 +182,7 @@ def dialect_name(bind: Bind) -> str:
     return bind.dialect.name
 
 
-def _sqlite_engine(url: URL, masked: str, echo: bool) -> Engine:
+def _sqlite_engine(url: URL, masked: str, echo: bool, *, create: bool = True, read_only: bool = False) -> Engine:
     database = url.database or ""
     in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
     kwargs: dict[str, Any] = {"echo": echo}
@@ -121,11 +190,14 @@ def _sqlite_engine(url: URL, masked: str, echo: bool) -> Engine:
         # One shared connection, or every pooled connection sees an empty database.
         kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:
-        parent = Path(database).expanduser().parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DatabaseUnavailableError(masked, f"cannot create folder {parent}: {exc.strerror}") from exc
+        if create:
+            parent = Path(database).expanduser().parent
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailableError(masked, f"cannot create folder {parent}: {exc.strerror}") from exc
+        elif not url.query.get("uri"):  # a plain path (a file: URI keeps its own open mode)
+            url = _open_only(url, masked)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     engine = create_engine(url, **kwargs)
 
@@ -136,9 +208,13 @@ def _sqlite_engine(url: URL, masked: str, echo: bool) -> Engine:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
-        # WAL: readers (leaderboard, `sweep status`) never block the writer.
-        _enable_wal(cursor)
-        cursor.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
+        if read_only:
+            # Converting to WAL would be a write; alore's files are WAL since their first connect().
+            cursor.execute("PRAGMA query_only = ON")
+        else:
+            # WAL: readers (leaderboard, `sweep status`) never block the writer.
+            _enable_wal(cursor)
+            cursor.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
         cursor.execute("PRAGMA foreign_keys = ON")  # off by default in SQLite
         cursor.close()
 
@@ -149,7 +225,7 @@ def _sqlite_engine(url: URL, masked: str, echo: bool) -> Engine:
         # at once with "database is locked" when another writer got there
         # first (SQLite cannot wait there without risking a deadlock).
         # Pure readers (read_scope) stay deferred so they never block writers.
-        if conn.get_execution_options().get(_READ_ONLY):
+        if read_only or conn.get_execution_options().get(_READ_ONLY):
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -178,10 +254,30 @@ def _enable_wal(cursor: sqlite3.Cursor) -> None:
             time.sleep(random.uniform(0.01, 0.05))  # jitter: do not collide again
 
 
-def _postgresql_engine(url: URL, echo: bool) -> Engine:
+def _open_only(url: URL, masked: str) -> URL:
+    """The SQLite URL as a ``mode=rw`` URI: open the file, never create it.
+
+    ``sqlite3.connect(path)`` creates a missing file, which is how a
+    leaderboard typed in the wrong folder used to leave an empty database
+    behind; ``mode=rw`` makes SQLite refuse instead, even if the file goes
+    away between this check and the first connection.
+    """
+    path = Path(url.database or "").expanduser().resolve()
+    if not path.is_file():
+        raise DatabaseNotFoundError(masked, "the file does not exist")
+    return url.set(database=f"file:{urllib.parse.quote(str(path))}",
+                   query={**url.query, "mode": "rw", "uri": "true"})
+
+
+def _postgresql_engine(url: URL, echo: bool, *, read_only: bool = False) -> Engine:
     connect_args: dict[str, Any] = {}
     if "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+    if read_only:
+        # The server refuses any write in this engine's transactions.
+        given = url.query.get("options")
+        connect_args["options"] = " ".join([*([given] if isinstance(given, str) else []),
+                                            "-c default_transaction_read_only=on"])
     # pre-ping: a sweep lasts days; servers and proxies drop idle connections.
     return create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
 

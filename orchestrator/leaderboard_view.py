@@ -1,15 +1,16 @@
-"""The paper's table layout for a backbone: tasks in benchmark order, groups, labels."""
+"""The paper's table layout for a backbone: tasks in benchmark order, groups, labels.
+
+The rows come from ``db`` (which owns every query); this module only adds
+what alore's task registry knows: column order, task groups, display labels.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 import db
-from alore.data import DEMO_TASKS, FGVC_DATASETS, VTAB_TASKS
-from db.models import Result
-from db.session import read_scope
+from alore.data import DEMO_TASKS, FGVC_DATASETS, SUITES, VTAB_TASKS
+from alore.errors import AloreError, UnknownChoiceError
 
 # Column headers as the paper's tables 1 and 2 print them.
 LABELS = {
@@ -29,11 +30,23 @@ def known(suite: str) -> dict[str, Any]:
     return {**VTAB_TASKS, **DEMO_TASKS} if suite == "vtab" else dict(FGVC_DATASETS)
 
 
+def check_choices(bind: Any, backbone: str, suite: str) -> None:
+    """An unknown suite, or a backbone without results, names the valid choices instead of an empty table."""
+    if suite not in SUITES:
+        raise UnknownChoiceError("suite", suite, SUITES)
+    have = db.result_backbones(bind)
+    if not have:
+        raise AloreError("no results recorded yet; run a sweep first: alorectl sweep demo")
+    if backbone not in have:
+        raise UnknownChoiceError("backbone", backbone, have, hint="(the backbones with results)")
+    suites = db.result_suites(bind, backbone)
+    if suite not in suites:
+        raise UnknownChoiceError(f"suite for backbone {backbone!r}", suite, suites, hint="(the suites it has results in)")
+
+
 def build(bind: Any, backbone: str, suite: str) -> db.Leaderboard:
     infos = known(suite)
-    with read_scope(bind) as conn:
-        found = set(conn.execute(select(Result.task).where(Result.backbone == backbone, Result.suite == suite))
-                    .scalars())
+    found = set(db.result_tasks(bind, backbone, suite=suite))
     order = [t for t in infos if t in found] + sorted(found - set(infos))
     groups = {t: infos[t].group for t in order if t in infos}
     return db.leaderboard(bind, backbone, suite=suite, task_order=order or None, groups=groups or None,

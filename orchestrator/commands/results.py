@@ -1,30 +1,51 @@
-"""``alorectl leaderboard``, ``alorectl export`` and ``alorectl ui``: reading a sweep's results."""
+"""``alorectl leaderboard`` and ``alorectl export``: reading a sweep's results.
+
+Both only read: they open the store with :func:`db.open_existing`, which
+never creates a database (an empty work folder stays empty) and never
+migrates one.  ``export`` writes its folder whole or not at all.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import shutil
-import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 import db
-from alore.backbones import resolve
+from alore.backbones import create_backbone, data_config, resolve
+from alore.data import SUITES, Preprocess
 from alore.errors import AloreError, UnknownChoiceError
-from db.models import Result
-from orchestrator.leaderboard_view import build
+from orchestrator.leaderboard_view import build, check_choices
 
+from .. import defaults
 from ..app import console, fail
-from .common import DEFAULT_WORKDIR, DbUrl, TrackingUri, Workdir, db_url, tracking_uri
+from .common import DEFAULT_WORKDIR, DbUrl, TrackingUri, Workdir
 
 FORMATS = ("table", "markdown", "csv", "json")
+#: What an export folder holds; ``--force`` replaces exactly these.
+EXPORT_FILES = ("model.safetensors", "adapter.safetensors", "card.json")
+
+
+def open_results(workdir: Path, db_flag: str | None) -> Engine:
+    """The results database, read-only; a work folder where no sweep ran is one clear line, not a new file."""
+    url = defaults.db_url(workdir, db_flag)
+    try:
+        return db.open_existing(url)
+    except db.DatabaseNotFoundError:
+        where = f"this workdir ({workdir.resolve()})" if db_flag is None else f"the database {db.mask_url(url)}"
+        raise AloreError(f"no sweep has run in {where}; run one first: alorectl sweep demo") from None
 
 
 def leaderboard(
@@ -33,15 +54,22 @@ def leaderboard(
     fmt: Annotated[str, typer.Option("--format", help="table, markdown, csv or json")] = "table",
     plot: Annotated[Path | None, typer.Option(help="draw mean accuracy vs trainable parameters (paper fig. 1) to PNG")] = None,
     workdir: Workdir = DEFAULT_WORKDIR,
-    tracking_uri_flag: TrackingUri = None,
+    tracking_uri: TrackingUri = None,  # accepted like every sweep-facing command; unused here
     db_flag: DbUrl = None,
 ) -> None:
     """The paper's table layout: a row per method, a column per task, group means, Params(M), best marked."""
     if fmt not in FORMATS:
         raise UnknownChoiceError("format", fmt, FORMATS)
-    board = build(db.connect(db_url(workdir, db_flag)), backbone, suite)
+    if suite not in SUITES:  # typed values first, before the database is even looked for
+        raise UnknownChoiceError("suite", suite, SUITES)
+    engine = open_results(workdir, db_flag)
+    try:
+        check_choices(engine, backbone, suite)
+        board = build(engine, backbone, suite)
+    finally:
+        engine.dispose()
     if not board.rows:
-        fail(f"no results for backbone {backbone!r} ({suite}) in {db.mask_url(db_url(workdir, db_flag))}; "
+        fail(f"no results for backbone {backbone!r} ({suite}) in {db.mask_url(defaults.db_url(workdir, db_flag))}; "
              "run a sweep first: alorectl sweep demo")
     if fmt == "markdown":
         sys.stdout.write(db.to_markdown(board) + "\n")
@@ -92,94 +120,138 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def pick_result(bind: Any, backbone: str, task: str, method: str) -> Any:
-    """The newest result of (backbone, task, method); with ``best``, the method with the best val accuracy
-    (model selection never looks at test)."""
-    query = select(Result).where(Result.backbone == backbone, Result.task == task)
-    if method != "best":
-        query = query.where(Result.method == method)
-    with Session(bind) as session:
-        rows = list(session.scalars(query.order_by(Result.updated_at.desc())))
-        if not rows:
-            have = sorted({f"{b}/{t}/{m}" for b, t, m in session.execute(
-                select(Result.backbone, Result.task, Result.method)).all()})
-            raise UnknownChoiceError("result (backbone/task/method)", f"{backbone}/{task}/{method}",
-                                     have or ["(no results yet: run a sweep)"])
-        session.expunge_all()
-    if method == "best":
-        newest: dict[str, Any] = {}
-        for r in rows:
-            newest.setdefault(r.method, r)
-        return max(newest.values(), key=lambda r: r.val_acc if r.val_acc is not None else -1)
-    return rows[0]
+def timm_preprocessing(suite: str, image_size: int, mean: Any, std: Any) -> dict[str, Any]:
+    """alore's evaluation preprocessing (:mod:`alore.data.decoded`) as timm ``pretrained_cfg`` fields.
+
+    With these in the model's ``pretrained_cfg``,
+    ``timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))``
+    is the transform the model was trained and scored with (timm's
+    ``transforms_imagenet_eval``, then ``ToTensor`` and ``Normalize(mean, std)``):
+
+    * VTAB: resized straight to ``image_size²``, bicubic (NOAH's
+      ``Resize((224, 224), interpolation=3)``) = timm's ``squash`` mode at
+      ``crop_pct=1.0`` (resize each edge to size/1.0, centre-crop nothing).
+      timm's own default (``center``, ``crop_pct`` 0.875-0.9) keeps the aspect
+      ratio and cuts the border: the demo export scored 61.75% that way
+      instead of its 70.75%.
+    * FGVC: shorter side to ``stored_size`` (bilinear), centre ``image_size²``
+      = timm's ``center`` mode, whose shorter side is
+      ``floor(image_size / crop_pct)``.  (alore crops twice, to the stored
+      square then to the input; the offsets agree exactly when
+      ``stored_size - image_size`` is even, as 256 - 224 is.)
+    """
+    pre = Preprocess.for_suite(suite, image_size, mean, std)
+    size = pre.image_size
+    if pre.crop:
+        crop_pct, crop_mode, interpolation = size / pre.stored_size, "center", "bilinear"
+        while math.floor(size / crop_pct) < pre.stored_size:  # float division must not land a pixel short
+            crop_pct = math.nextafter(crop_pct, 0.0)
+    else:
+        crop_pct, crop_mode, interpolation = 1.0, "squash", "bicubic"
+    return {"input_size": (3, size, size), "interpolation": interpolation, "crop_pct": crop_pct,
+            "crop_mode": crop_mode, "mean": pre.mean, "std": pre.std}
 
 
-def safe_child(out: Path, name: str) -> Path:
-    """A file inside ``out``; a name from the command line cannot escape it."""
-    target = (out / name).resolve()
-    if out.resolve() not in target.parents:
-        raise AloreError(f"refusing to write outside --out: {name!r}")
-    return target
+def _kwargs_text(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in values.items())
 
 
 def export(
     backbone: Annotated[str, typer.Option(help="backbone of the result")] = "vit_b",
     task: Annotated[str, typer.Option(help="task of the result")] = "cifar",
     method: Annotated[str, typer.Option(help="a method, or 'best' (chosen by val accuracy)")] = "alore",
-    out: Annotated[Path, typer.Option(help="output folder")] = Path("export"),
+    out: Annotated[Path, typer.Option(help="output folder (new or empty)")] = Path("export"),
+    force: Annotated[bool, typer.Option("--force", help="replace an earlier export in a non-empty --out")] = False,
     workdir: Workdir = DEFAULT_WORKDIR,
-    tracking_uri_flag: TrackingUri = None,
+    tracking_uri: TrackingUri = None,
     db_flag: DbUrl = None,
 ) -> None:
     """Write model.safetensors (merged into plain timm), adapter.safetensors and card.json."""
-    row = pick_result(db.connect(db_url(workdir, db_flag)), backbone, task, method)
+    engine = open_results(workdir, db_flag)
+    try:
+        row = db.find_result(engine, backbone, task, method)
+    finally:
+        engine.dispose()
     source = Path(row.artifact_uri or "")
     if not (source / "adapter.safetensors").is_file():
         raise AloreError(f"the files of {backbone}/{task}/{row.method} are missing from {source}")
+    if out.exists() and not out.is_dir():
+        raise AloreError(f"--out {out} is a file; name a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise AloreError(f"--out {out} is not empty; name a new folder, or pass --force to replace its export files")
     spec = resolve(backbone)
     metrics = json.loads((source / "metrics.json").read_text()) if (source / "metrics.json").is_file() else {}
     classes = int(metrics.get("num_classes") or row.config.get("num_classes") or 0)
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str] = {}
+    # What the run's data pipeline used: fit() reads data_config of this same backbone (no weights needed).
+    dc = data_config(create_backbone(backbone, classes, device="meta"))
+    preprocessing = timm_preprocessing(row.suite, dc["image_size"], dc["mean"], dc["std"])
     merged = source / "merged.safetensors"
-    if merged.is_file():
-        shutil.copy2(merged, safe_child(out, "model.safetensors"))
-        files["model.safetensors"] = _sha256(out / "model.safetensors")
-    shutil.copy2(source / "adapter.safetensors", safe_child(out, "adapter.safetensors"))
-    files["adapter.safetensors"] = _sha256(out / "adapter.safetensors")
+    overlay = {"file": "model.safetensors", "num_classes": classes, **preprocessing}
     kwargs = dict(spec.kwargs)
-    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     load = (f"timm.create_model({spec.timm_name!r}, pretrained=True, num_classes={classes}, "
-            f"pretrained_cfg_overlay=dict(file='model.safetensors', num_classes={classes})"
-            + (f", {args}" if args else "") + ")")
+            f"pretrained_cfg_overlay=dict({_kwargs_text(overlay)})"
+            + (f", {_kwargs_text(kwargs)}" if kwargs else "") + ")")
     card = {
         "backbone": backbone, "timm_name": spec.timm_name, "timm_kwargs": kwargs, "num_classes": classes,
         "task": task, "suite": row.suite, "method": row.method, "config": row.config, "seeds": row.seeds,
         "epochs": row.epochs, "val_acc": row.val_acc, "test_acc": row.test_acc_mean, "test_acc_std": row.test_acc_std,
+        "weights_test_acc": metrics.get("test_acc"),  # these weights' own run (test_acc: mean over seeds)
         "trainable_params": row.trainable_params, "mlflow_run_id": row.mlflow_run_id,
-        "mlflow_tracking_uri": db.urls.mask_text(tracking_uri(workdir, tracking_uri_flag)), "sha256": files,
-        "merged": "model.safetensors" in files,
-        "load": load if "model.safetensors" in files else
+        "mlflow_tracking_uri": db.urls.mask_text(defaults.tracking_uri(workdir, tracking_uri)),
+        "merged": merged.is_file(),
+        "preprocessing": preprocessing,
+        "pretrained_cfg_overlay": overlay if merged.is_file() else None,
+        "load": load if merged.is_file() else
         f"alore.apply(alore.create_backbone({backbone!r}, {classes}, weights=BACKBONE_WEIGHTS), {row.method!r}, "
         f"**card['config']['method_options']); alore.api.load_adapter(model, 'adapter.safetensors')",
-        "note": "num_classes must be in pretrained_cfg_overlay too, or timm drops the trained head",
+        "transform": "timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))"
+        if merged.is_file() else "timm.data.create_transform(**card['preprocessing'])",
+        "note": "num_classes must be in pretrained_cfg_overlay too, or timm drops the trained head; the "
+                "preprocessing fields make timm's eval transform the one the model was trained and scored with",
     }
-    tmp = safe_child(out, "card.json.tmp")
-    tmp.write_text(json.dumps(card, indent=2, default=str))
-    tmp.replace(out / "card.json")
+    with _staging(out) as stage:
+        files: dict[str, str] = {}
+        if merged.is_file():
+            shutil.copy2(merged, stage / "model.safetensors")
+        shutil.copy2(source / "adapter.safetensors", stage / "adapter.safetensors")
+        for name in ("model.safetensors", "adapter.safetensors"):
+            if (stage / name).is_file():
+                files[name] = _sha256(stage / name)
+        card["sha256"] = files
+        (stage / "card.json").write_text(json.dumps(card, indent=2, default=str))
+        _publish(stage, out)
     console.print(f"exported {backbone}/{task}/{row.method} (test {row.test_acc_mean:.2f}%) to {out}", highlight=False)
     if card["merged"]:
-        console.print(f"load it with plain timm:\n  {load}", highlight=False)
+        console.print(f"load it with plain timm:\n  {load}", highlight=False, soft_wrap=True)  # one line to copy
 
 
-def ui(
-    workdir: Workdir = DEFAULT_WORKDIR,
-    tracking_uri_flag: TrackingUri = None,
-    host: Annotated[str, typer.Option(help="bind address; 127.0.0.1 keeps it on this machine")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 5000,
-) -> None:
-    """Start the MLflow UI on the sweep's store (127.0.0.1 unless told otherwise)."""
-    uri = tracking_uri(workdir, tracking_uri_flag)
-    console.print(f"MLflow UI on http://{host}:{port}  (store {db.mask_url(uri) if '://' in uri else uri})")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(cmd))
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A private folder next to ``out`` (same file system: moving its files in is a rename), removed on exit."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)  # gone already when it became ``out``
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the staged export into ``out``: a new folder is one rename; into an existing one, the weights
+    first and card.json last, and a file of an earlier export that this one lacks (model.safetensors of
+    a merged method, now an unmerged one) is removed, so the folder never disagrees with its card."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp made it owner-only; an export is an ordinary folder
+    if not out.exists():
+        try:
+            stage.rename(out)
+            return
+        except OSError:  # created meanwhile: move the files in below
+            out.mkdir(exist_ok=True)
+    staged = {p.name for p in stage.iterdir()}
+    for name in sorted(staged - {"card.json"}):
+        os.replace(stage / name, out / name)
+    for name in set(EXPORT_FILES) - staged:
+        (out / name).unlink(missing_ok=True)
+    os.replace(stage / "card.json", out / "card.json")

@@ -10,7 +10,7 @@ from statistics import mean
 import pytest
 from sqlalchemy import Engine
 
-from db import leaderboard, to_csv, to_json, to_markdown, to_records, to_rows
+from db import find_result, leaderboard, to_csv, to_json, to_markdown, to_records, to_rows
 from db.leaderboard import detail_rows
 from db.writes import record_result, upsert_sweep
 
@@ -167,7 +167,9 @@ def test_the_most_recent_result_wins_not_the_best(engine: Engine) -> None:
     # Re-recording the old sweep's cell (a resumed or rerun sweep) makes it the latest.
     _write(engine, "old", {"alore": {"cifar": (74.0, 1)}})
     assert leaderboard(engine, "vit_b").rows[0].tasks["cifar"] == 74.0
-    assert new  # the newer sweep's row still exists, it is just not the latest
+    # The newer sweep's row still exists, it is just not the latest.
+    kept = find_result(engine, "vit_b", "cifar", "alore", sweep="new")
+    assert (kept.sweep_id, kept.test_acc_mean) == (new, 71.0)
 
 
 def test_backbone_and_suite_filter(engine: Engine) -> None:
@@ -197,6 +199,8 @@ def test_groups_must_cover_the_tasks(engine: Engine) -> None:
 
 def test_empty_database(engine: Engine) -> None:
     board = leaderboard(engine, "vit_b", task_order=TASKS, groups=GROUPS)
-    assert board.rows == () and board.best == {k: frozenset() for k in board.best}
+    # Every column that can have a best is there, and none has one.
+    columns = [*TASKS, "Natural", "Specialized", "Structured", "all_mean", "group_mean"]
+    assert board.rows == () and board.best == dict.fromkeys(columns, frozenset())
     assert to_markdown(board).count("\n") == 1  # header and alignment only
     assert json.loads(to_json(board)) == []

@@ -1,0 +1,109 @@
+"""Finding results: which row ``alorectl export`` (and ``analyze``) reads, what the leaderboard can show.
+
+The rule for "which result" is the leaderboard's (:mod:`db.leaderboard`):
+the **newest** row of a (backbone, task, method), across sweeps unless one
+sweep is named.  ``method="best"`` picks among the methods' newest rows by
+**val accuracy only**: every number on the test split was measured after
+model selection, and choosing by it would be selecting on the test set.
+
+An unknown combination raises :class:`UnknownResultError`, whose one line
+names the combinations that do have a result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.errors import SweepNotFoundError, UnknownResultError
+from db.models import Result, Sweep
+from db.session import Bind, read_scope
+
+#: The ``method`` that asks for the method with the best val accuracy.
+BEST = "best"
+
+
+def find_result(engine: Bind, backbone: str, task: str, method: str, sweep: str | None = None) -> Result:
+    """The newest :class:`Result` of (backbone, task, method), detached (unless ``engine`` is a Session).
+
+    ``method="best"``: of each method's newest row, the one with the highest
+    val accuracy (ties: the newer row); rows without a val accuracy cannot
+    be chosen.  ``sweep``: only that sweep's rows (:class:`SweepNotFoundError`
+    for an unknown name).  Raises :class:`UnknownResultError` naming the valid
+    backbone/task/method combinations when nothing matches.
+    """
+    query = select(Result).where(Result.backbone == backbone, Result.task == task)
+    if method != BEST:
+        query = query.where(Result.method == method)
+    if sweep is not None:
+        query = query.join(Sweep, Sweep.id == Result.sweep_id).where(Sweep.name == sweep)
+    query = query.order_by(Result.updated_at.desc(), Result.id.desc())
+    with _session(engine) as session:
+        if sweep is not None and session.scalar(select(Sweep.id).where(Sweep.name == sweep)) is None:
+            raise SweepNotFoundError(sweep, session.scalars(select(Sweep.name)))
+        rows = list(session.scalars(query))
+        if not rows:
+            raise UnknownResultError(f"{backbone}/{task}/{method}", _combinations(session, sweep))
+        if method == BEST:
+            newest: dict[str, Result] = {}
+            for row in rows:  # newest first
+                newest.setdefault(row.method, row)
+            rated = [r for r in newest.values() if r.val_acc is not None]
+            if not rated:
+                raise UnknownResultError(
+                    f"{backbone}/{task}/{method}", [f"{backbone}/{task}/{m}" for m in newest],
+                    reason=f"no result of {backbone}/{task} has a val accuracy to choose the best method by; "
+                           "name the method",
+                )
+            # max() keeps the first of equals, and the rows are newest first.
+            chosen = max(rated, key=lambda r: r.val_acc)  # type: ignore[arg-type, return-value]
+        else:
+            chosen = rows[0]
+        if session is not engine:  # ours: hand the row out detached; a caller's Session keeps its own
+            session.expunge(chosen)
+    return chosen
+
+
+def result_backbones(engine: Bind, suite: str | None = None) -> list[str]:
+    """The backbones with at least one result (in ``suite``), sorted."""
+    query = select(Result.backbone).distinct()
+    if suite is not None:
+        query = query.where(Result.suite == suite)
+    with read_scope(engine) as conn:
+        return sorted(conn.execute(query).scalars())
+
+
+def result_tasks(engine: Bind, backbone: str, suite: str | None = None) -> list[str]:
+    """The tasks ``backbone`` has a result for (in ``suite``), sorted."""
+    query = select(Result.task).distinct().where(Result.backbone == backbone)
+    if suite is not None:
+        query = query.where(Result.suite == suite)
+    with read_scope(engine) as conn:
+        return sorted(conn.execute(query).scalars())
+
+
+def result_suites(engine: Bind, backbone: str) -> list[str]:
+    """The suites ``backbone`` has a result in, sorted."""
+    query = select(Result.suite).distinct().where(Result.backbone == backbone)
+    with read_scope(engine) as conn:
+        return sorted(conn.execute(query).scalars())
+
+
+def _combinations(session: Session, sweep: str | None) -> list[str]:
+    query = select(Result.backbone, Result.task, Result.method).distinct()
+    if sweep is not None:
+        query = query.join(Sweep, Sweep.id == Result.sweep_id).where(Sweep.name == sweep)
+    return [f"{b}/{t}/{m}" for b, t, m in session.execute(query)]
+
+
+@contextmanager
+def _session(bind: Bind) -> Iterator[Session]:
+    """An ORM session for reading: the caller's own Session, or one on a read-only connection."""
+    if isinstance(bind, Session):
+        yield bind
+        return
+    with read_scope(bind) as conn, Session(bind=conn) as session:
+        yield session

@@ -1,0 +1,225 @@
+"""`alorectl export` on a finished result, checked the way a timm user would use it; read-only commands.
+
+The result is made without Ray: one ``fit`` of the demo backbone, its run
+files, and the rows a sweep would record, written through ``db``'s public
+functions into the work folder's default store.
+
+The images are the demo's ``digits`` stretched to 64×32: on the demo's own
+square 32×32 files a straight resize and timm's centre crop are the same
+identity, and the test could not tell whether the card describes the
+preprocessing or not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import db
+from alore.artifacts import write_run_files
+from alore.train import TrainConfig, fit
+from orchestrator.cli import app
+from orchestrator.defaults import db_url
+
+runner = CliRunner()
+STRETCHED = (64, 32)  # width, height
+
+
+def stretched_digits(demo_dir: Path, root: Path) -> Path:
+    """The demo's ``digits`` task with every image stretched to 64×32 (nearest: no new pixel values)."""
+    source, target = demo_dir / "vtab-1k" / "digits", root / "digits"
+    for split in source.glob("*.txt"):
+        (target / split.name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(split, target / split.name)
+    for image in (source / "images").iterdir():
+        (target / "images").mkdir(exist_ok=True)
+        with Image.open(image) as im:
+            im.convert("RGB").resize(STRETCHED, Image.Resampling.NEAREST).save(target / "images" / image.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A work folder whose leaderboard holds one finished demo/digits/alore result (protocol "final")."""
+    root = tmp_path_factory.mktemp("export")
+    data = stretched_digits(demo_dir, root / "data")
+    config = TrainConfig(backbone="demo", weights=str(demo_dir / "demo.safetensors"), task="digits",
+                         data_root=str(data), method="alore", protocol="final", lr=0.01, weight_decay=0.001,
+                         epochs=6, warmup_epochs=1, batch_size=32, device="cpu")
+    keep: dict = {}
+    metrics = fit(config, keep=keep)
+    run_dir = root / "runs" / "digits-alore"
+    write_run_files(run_dir, metrics, keep["model"], keep["data"])
+
+    work = root / "work"
+    engine = db.connect(db_url(work))  # the store `alorectl` reads by default
+    sweep_id = db.upsert_sweep(engine, "handmade", preset="demo", suite="vtab", status="done")
+    db.upsert_cell(engine, sweep_id, "demo", "digits", "alore", status="done")
+    db.record_result(engine, sweep_id=sweep_id, backbone="demo", task="digits", method="alore", suite="vtab",
+                     test_acc_mean=metrics["test_acc"], seeds=[config.seed], val_acc=None,
+                     trainable_params=metrics["trainable_params"], config=config.to_dict(), epochs=config.epochs,
+                     artifact_uri=str(run_dir))
+    engine.dispose()
+    return {"work": work, "data": data, "run_dir": run_dir, "metrics": metrics, "sweep_id": sweep_id}
+
+
+def export(finished: dict, out: Path, *args: str):
+    return runner.invoke(app, ["export", "--backbone", "demo", "--task", "digits", "--method", "alore",
+                               "--out", str(out), "--workdir", str(finished["work"]), *args])
+
+
+def test_timm_eval_transform_reproduces_the_cards_test_accuracy(finished, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "best"
+    result = export(finished, out)
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / "card.json").read_text())
+    assert card["merged"] and card["test_acc"] == finished["metrics"]["test_acc"] == card["weights_test_acc"]
+    assert card["preprocessing"] == {"input_size": [3, 32, 32], "interpolation": "bicubic", "crop_pct": 1.0,
+                                     "crop_mode": "squash", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+    # Plain timm, nothing of alore: the card's own load line, run where the export lies.
+    monkeypatch.chdir(out)
+    model = eval(card["load"], {"timm": timm}).eval()  # noqa: S307  (the card is this test's own output)
+    from_fields = timm.create_model(card["timm_name"], pretrained=True, num_classes=card["num_classes"],
+                                    pretrained_cfg_overlay=card["pretrained_cfg_overlay"], **card["timm_kwargs"])
+    same = lambda cfg: json.loads(json.dumps(cfg))  # noqa: E731  (the card's JSON lists are timm's tuples)
+    assert same(from_fields.pretrained_cfg) == same(model.pretrained_cfg)  # the card's dict says what its line says
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+
+    task = finished["data"] / "digits"
+    lines = [line.split() for line in (task / "test.txt").read_text().splitlines() if line.strip()]
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(lines), 100):
+            batch = lines[start : start + 100]
+            images = []
+            for path, _ in batch:
+                with Image.open(task / path) as im:
+                    images.append(transform(im.convert("RGB")))
+            predicted = model(torch.stack(images)).argmax(-1)
+            correct += int((predicted == torch.tensor([int(label) for _, label in batch])).sum())
+    accuracy = 100.0 * correct / len(lines)
+    one_image = 100.0 / len(lines)
+    # Merged and adapted outputs agree to 1e-4 (relative), so at most a near-tie may flip.
+    assert abs(accuracy - card["test_acc"]) <= one_image + 1e-9, (accuracy, card["test_acc"])
+    assert card["test_acc"] > 50.0, "a trained model, or the comparison above proves little"
+
+
+def test_the_card_load_line_matches_its_fields(finished, tmp_path) -> None:
+    out = tmp_path / "x"
+    assert export(finished, out).exit_code == 0
+    card = json.loads((out / "card.json").read_text())
+    overlay = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v!r}" for k, v in card["pretrained_cfg_overlay"].items())
+    assert f"pretrained_cfg_overlay=dict({overlay})" in card["load"]
+    assert card["pretrained_cfg_overlay"]["file"] == "model.safetensors"
+    assert card["sha256"].keys() == {"model.safetensors", "adapter.safetensors"}
+
+
+def test_a_non_empty_out_is_refused_unless_forced(finished, tmp_path) -> None:
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    refused = export(finished, out)
+    assert refused.exit_code == 2
+    assert "is not empty" in refused.stderr and "--force" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+    forced = export(finished, out, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "card.json", "model.safetensors",
+                                                     "notes.txt"]  # the user's own file stays
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging folder left behind"
+
+
+def test_forcing_an_unmerged_export_over_a_merged_one_leaves_no_stale_model(finished, tmp_path) -> None:
+    # A run without merged weights (as VPT's), recorded as such.
+    unmerged = tmp_path / "run-vpt"
+    shutil.copytree(finished["run_dir"], unmerged)
+    (unmerged / "merged.safetensors").unlink()
+    engine = db.connect(db_url(finished["work"]))
+    db.record_result(engine, sweep_id=finished["sweep_id"], backbone="demo", task="digits", method="vpt",
+                     suite="vtab", test_acc_mean=50.0, seeds=[42], artifact_uri=str(unmerged))
+    engine.dispose()
+    out = tmp_path / "out"
+    assert export(finished, out).exit_code == 0
+    again = runner.invoke(app, ["export", "--backbone", "demo", "--task", "digits", "--method", "vpt", "--out",
+                                str(out), "--workdir", str(finished["work"]), "--force"])
+    assert again.exit_code == 0, again.output
+    card = json.loads((out / "card.json").read_text())
+    assert card["method"] == "vpt" and card["merged"] is False and card["pretrained_cfg_overlay"] is None
+    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "card.json"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux /proc")
+def test_a_failed_export_writes_nothing(finished, tmp_path) -> None:
+    # A run folder whose adapter cannot be read: /proc/self/mem is a regular file that fails with EIO at
+    # offset 0, so the export dies after model.safetensors was already copied.
+    broken = tmp_path / "run-broken"
+    shutil.copytree(finished["run_dir"], broken)
+    (broken / "adapter.safetensors").unlink()
+    (broken / "adapter.safetensors").symlink_to("/proc/self/mem")
+    engine = db.connect(db_url(finished["work"]))
+    db.record_result(engine, sweep_id=finished["sweep_id"], backbone="demo", task="digits", method="lora",
+                     suite="vtab", test_acc_mean=50.0, seeds=[42], artifact_uri=str(broken))
+    engine.dispose()
+    parent = tmp_path / "exports"
+    earlier = parent / "earlier"
+    assert export(finished, earlier).exit_code == 0
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+
+    for out, force in ((parent / "new", []), (earlier, ["--force"])):
+        result = runner.invoke(app, ["export", "--backbone", "demo", "--task", "digits", "--method", "lora",
+                                     "--out", str(out), "--workdir", str(finished["work"]), *force])
+        assert result.exit_code != 0 and isinstance(result.exception, OSError), result.output
+        assert sorted(p.name for p in parent.iterdir()) == ["earlier"], "no new folder, no staging folder"
+        assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before, "the earlier export is untouched"
+
+
+def test_tracking_uri_flag_is_spelled_like_sweeps(finished, tmp_path) -> None:
+    out = tmp_path / "t"
+    result = export(finished, out, "--tracking-uri", "http://alice:s3cret@mlflow:5000")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "card.json").read_text())["mlflow_tracking_uri"] == "http://alice:***@mlflow:5000"
+    board = runner.invoke(app, ["leaderboard", "--backbone", "demo", "--workdir", str(finished["work"]),
+                                "--tracking-uri", "http://mlflow:5000", "--format", "json"])
+    assert board.exit_code == 0, board.output
+
+
+def test_unknown_results_name_the_valid_combinations(finished, tmp_path) -> None:
+    result = runner.invoke(app, ["export", "--backbone", "demo", "--task", "cifar", "--out", str(tmp_path / "o"),
+                                 "--workdir", str(finished["work"])])
+    assert result.exit_code == 2
+    assert "unknown result 'demo/cifar/alore'" in result.stderr and "demo/digits/alore" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_leaderboard_names_the_valid_suites_and_backbones(finished) -> None:
+    work = str(finished["work"])
+    suite = runner.invoke(app, ["leaderboard", "--backbone", "demo", "--suite", "vtb", "--workdir", work])
+    assert suite.exit_code == 2 and "unknown suite 'vtb'; valid choices: fgvc, vtab" in suite.stderr
+    backbone = runner.invoke(app, ["leaderboard", "--backbone", "nope", "--workdir", work])
+    assert backbone.exit_code == 2 and "unknown backbone 'nope'; valid choices: demo" in backbone.stderr
+    fgvc = runner.invoke(app, ["leaderboard", "--backbone", "demo", "--suite", "fgvc", "--workdir", work])
+    assert fgvc.exit_code == 2 and "'fgvc'; valid choices: vtab" in fgvc.stderr
+
+
+@pytest.mark.parametrize("command", [["leaderboard", "--backbone", "demo"],
+                                     ["export", "--backbone", "demo", "--task", "digits"]])
+def test_read_only_commands_on_an_empty_workdir_create_nothing(command, tmp_path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    result = runner.invoke(app, [*command, "--workdir", str(work), *(["--out", str(tmp_path / "o")]
+                                                                     if command[0] == "export" else [])])
+    assert result.exit_code == 2
+    assert f"no sweep has run in this workdir ({work}); run one first: alorectl sweep demo" in result.stderr
+    assert list(work.iterdir()) == [] and not (tmp_path / "o").exists()
+    os.rmdir(work)
