@@ -1,0 +1,111 @@
+"""``alorectl ui``: the MLflow UI on a sweep's tracking store.
+
+The command prints a deep link per ``alore/*`` experiment (straight into the
+runs table, see :mod:`orchestrator.ui_links`) and then *becomes* ``mlflow
+server`` (``os.execvpe``): no idle ``alorectl`` parent holding the CLI's
+imports while the UI runs.
+
+Sized for a laptop: one uvicorn worker unless ``--workers`` says otherwise,
+and MLflow's job execution (the huey queue consumers behind GenAI judges and
+trace roll-ups, seven processes) off unless ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION``
+is set; the runs table needs neither.
+
+Credentials never reach a command line (``ps`` shows argv to every local
+user): the store URI travels in ``MLFLOW_BACKEND_STORE_URI``, which ``mlflow
+server`` reads as its ``--backend-store-uri``, and everything printed is masked.
+An ``http(s)://`` tracking URI is already an MLflow server, which serves its own
+UI: the command then only prints the links, reading the server with the
+credentials moved into ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import typer
+
+from alore.errors import AloreError, ConfigError
+from db.urls import mask_text
+
+from .. import defaults
+from .common import DEFAULT_WORKDIR, TrackingUri, Workdir
+
+PORTS = range(1, 65536)
+
+
+def ui(
+    workdir: Workdir = DEFAULT_WORKDIR,
+    tracking_uri: TrackingUri = None,
+    host: Annotated[str, typer.Option(help="bind address; 127.0.0.1 keeps it on this machine")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (1-65535)")] = 5000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes (MLflow's default is 4)")] = 1,
+) -> None:
+    """Print deep links into the runs table of every alore experiment, then run the MLflow UI (127.0.0.1)."""
+    if port not in PORTS:
+        raise ConfigError(f"--port {port} is out of range; valid ports: 1-65535")
+    if workers < 1:
+        raise ConfigError(f"--workers {workers} must be at least 1")
+    uri = defaults.tracking_uri(workdir, tracking_uri)
+    if urlsplit(uri).scheme in ("http", "https"):
+        server = _without_credentials(uri)
+        _print_links(server, server)
+        typer.echo("the UI is served by that tracking server: open a link above")
+        return
+    _require_sqlite_file(uri)
+    base = f"http://{_link_host(host)}:{port}"
+    _print_links(uri, base)
+    typer.echo(f"MLflow UI on {base}  (store {mask_text(uri)}; Ctrl+C stops it)")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    argv = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", str(workers)]
+    os.execvpe(argv[0], argv, env)
+
+
+def _print_links(uri: str, base: str) -> None:
+    """One line per ``alore/*`` experiment: its name and its deep link (no credentials in either)."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema chatter on first open
+    from mlflow import MlflowClient
+
+    from ..ui_links import experiment_links
+
+    try:
+        links = experiment_links(MlflowClient(uri), base)
+    except Exception as err:  # any store or transport failure: the UI could not show it either
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise AloreError(mask_text(f"cannot read the MLflow store {uri}: {first}")[:400]) from None
+    if not links:
+        typer.echo("no alore/* experiments in this store yet")
+    for name, url in links:
+        typer.echo(f"{name}\n  {url}")  # plain echo: a wrapped or re-styled link would not open
+
+
+def _without_credentials(uri: str) -> str:
+    """The server URL without ``user:password@``; those move to the variables MLflow's client reads."""
+    parts = urlsplit(uri)
+    if parts.username is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
+    if parts.password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _require_sqlite_file(uri: str) -> None:
+    """A missing SQLite store is a work folder where no sweep ran: say so instead of serving an empty new file."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///").partition("?")[0])
+    if not path.is_file():
+        raise AloreError(f"no MLflow store at {path}; run a sweep first (alorectl sweep demo) or pass --tracking-uri")
+
+
+def _link_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

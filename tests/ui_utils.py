@@ -1,0 +1,158 @@
+"""Shared by the ``alorectl ui`` tests: a tiny leaderboard store and a UI started as a real process.
+
+The store is laid out like the sweep's ``alore/leaderboard/<backbone>``
+experiment (:mod:`orchestrator.track`): one FINISHED run per method, named by
+the method, with a metric per task, the group mean, ``all_mean``, ``params_m``
+and the chosen configuration per task as parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ALORECTL = [sys.executable, "-m", "orchestrator.cli"]
+TASKS = ("digits", "digits_rot", "digits_loc")
+#: method -> all_mean rank order is alore > lora > bitfit (the deep link sorts by it).
+METHODS = {"alore": 90.0, "lora": 85.0, "bitfit": 80.0}
+START_TIMEOUT_S = 120.0  # a cold MLflow server start on a busy 2-core machine
+
+
+def alorectl(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The real command in its own process group: a ``ui`` that wrongly went on to exec cannot replace
+    pytest, and what it started is stopped with it."""
+    proc = subprocess.Popen([*ALORECTL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ui_env(env), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def ui_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment without a tracking URI of its own (tests say which store they mean), no telemetry."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ALORE_WORKDIR")}
+    return {**env, "MLFLOW_DISABLE_TELEMETRY": "true", **(extra or {})}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_leaderboard_store(uri: str, backbone: str = "demo", with_view: bool = True) -> str:
+    """An MLflow store holding ``alore/leaderboard/<backbone>`` and an unrelated experiment; the board's id."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from orchestrator.ui_links import setup_experiment
+
+    client = MlflowClient(uri)
+    client.create_experiment("someone-else")  # not alore's: `alorectl ui` must not list it
+    experiment = client.create_experiment(f"alore/leaderboard/{backbone}")
+    for rank, (method, mean) in enumerate(METHODS.items()):
+        run = client.create_run(experiment, run_name=method,
+                                tags={"backbone": backbone, "method": method, "suite": "vtab"}).info.run_id
+        accs = {task: mean + i for i, task in enumerate(TASKS)}
+        metrics = {**accs, "mean_natural": mean + 1, "group_mean": mean + 1, "all_mean": mean,
+                   "params_m": 0.1 * (rank + 1)}
+        params = {task: f"lr=0.0{rank + 1} wd=0.0001" for task in TASKS}
+        client.log_batch(run, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+                         params=[Param(k, v) for k, v in params.items()])
+        client.set_terminated(run, "FINISHED")
+    if with_view:
+        setup_experiment(client, experiment, f"{backbone}: top-1 test accuracy per task",
+                         metrics=[*TASKS, "params_m"], params=TASKS, order_by="all_mean")
+    return experiment
+
+
+@dataclass
+class RunningUI:
+    proc: subprocess.Popen
+    log: Path
+    base_url: str
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while we looked
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the UI process exited with {proc.returncode} before serving {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+@contextmanager
+def running_ui(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[RunningUI]:
+    """``alorectl ui --port <free> *args`` as a real process (its own session), stopped afterwards."""
+    port = free_port()
+    log = tmp / f"ui-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*ALORECTL, "ui", "--port", str(port), *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=ui_env(env), start_new_session=True)
+    ui = RunningUI(proc, log, f"http://127.0.0.1:{port}")
+    try:
+        wait_http(ui.base_url + "/health", proc)
+        yield ui
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the UI's process group (MLflow forwards it to uvicorn), SIGKILL what is left after 20 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (a worker still shutting down)
+    except ProcessLookupError:
+        pass
+    proc.communicate() if proc.stdout else proc.wait()
