@@ -159,3 +159,58 @@ def _progress(r: Any) -> CellProgress:
         seeds=r["seeds"],
         epochs=r["epochs"],
     )
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One recorded trial of a sweep, with its cell's natural key."""
+
+    backbone: str
+    task: str
+    method: str
+    trial_key: str
+    protocol: str
+    status: str
+    seed: int | None
+    config: dict[str, Any]
+    val_acc: float | None
+    test_acc: float | None
+    epochs_done: int
+    node_id: str | None
+    mlflow_run_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def sweep_trials(bind: Bind, name: str) -> list[TrialRow]:
+    """Every recorded trial of the sweep ``name`` (empty when it has none yet)."""
+    stmt = (
+        select(Cell.backbone, Cell.task, Cell.method, Trial.trial_key, Trial.protocol, Trial.status, Trial.seed,
+               Trial.config, Trial.val_acc, Trial.test_acc, Trial.epochs_done, Trial.node_id, Trial.mlflow_run_id,
+               Trial.started_at, Trial.finished_at)
+        .join(Cell, Cell.id == Trial.cell_id)
+        .join(Sweep, Sweep.id == Cell.sweep_id)
+        .where(Sweep.name == name)
+        .order_by(Trial.id)
+    )
+    with read_scope(bind) as conn:
+        rows = conn.execute(stmt).mappings().all()
+    return [TrialRow(**{**r, "config": r["config"] or {},
+                        "started_at": as_utc(r["started_at"]) if r["started_at"] else None,
+                        "finished_at": as_utc(r["finished_at"]) if r["finished_at"] else None}) for r in rows]
+
+
+def sweep_config(bind: Bind, name: str) -> dict[str, Any]:
+    """The stored plan of the sweep ``name`` (credentials masked); :class:`SweepNotFoundError` if none."""
+    with read_scope(bind) as conn:
+        config = conn.execute(select(Sweep.config).where(Sweep.name == name)).scalar_one_or_none()
+        if config is None:
+            raise SweepNotFoundError(name, conn.execute(select(Sweep.name)).scalars())
+    return config
+
+
+def results_of(bind: Bind, name: str) -> list[dict[str, Any]]:
+    """The result rows of the sweep ``name``, as plain dicts."""
+    stmt = select(Result.__table__).join(Sweep, Sweep.id == Result.sweep_id).where(Sweep.name == name)
+    with read_scope(bind) as conn:
+        return [dict(r) for r in conn.execute(stmt).mappings().all()]

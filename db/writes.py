@@ -223,6 +223,18 @@ def record_result(
 # -- the one upsert ------------------------------------------------------------
 
 
+def set_result_run(bind: Bind, sweep_id: int, backbone: str, task: str, method: str, mlflow_run_id: str) -> None:
+    """Point an existing result at its MLflow run (once the run is completely logged)."""
+    table = Result.__table__
+    stmt = (update(table)
+            .where(table.c.sweep_id == sweep_id, table.c.backbone == backbone, table.c.task == task,
+                   table.c.method == method)
+            .values(mlflow_run_id=mlflow_run_id, updated_at=utcnow()))
+    with write_scope(bind) as conn:
+        if conn.execute(stmt).rowcount == 0:
+            raise LookupError(f"no result for {backbone}/{task}/{method} in sweep {sweep_id}")
+
+
 def _upsert(
     bind: Bind,
     model: type[Base],

@@ -1,53 +1,40 @@
-"""The sweep driver: preset → plan of cells → Ray Tune experiments → MLflow + the database.
+"""The sweep driver: plan → run → record → track.
 
-Each cell (backbone × task × method) is two Tune experiments: the search
-(Optuna TPE or the full grid on the ``search`` protocol, train800 → val200,
-optionally ASHA-pruned on per-epoch val accuracy), then the best configuration
-retrained on the ``final`` protocol (train800val200 → test) for every seed.
-Test images are never seen before the final runs.
+    preset + flags ──plan──> SweepPlan (cells, trial specs)          orchestrator.plan
+                   ──run───> one Tune experiment, every cell at once  orchestrator.run / searcher / trial
+                   ──record> database rows, each written once         orchestrator.record
+                   ──track─> MLflow, mirroring what was recorded      orchestrator.track
 
-The driver is the one writer of the database and of MLflow. Every write is
-keyed, so a resumed sweep continues where it stopped: finished cells are
-skipped and Tune experiments are restored (trials, checkpoints and the Optuna
-searcher's state) with ``Tuner.restore``.
+Each cell (backbone × task × method) is searched on the ``search`` protocol
+(train800 → val200), then its best configuration (chosen on val200 only) is
+retrained on the ``final`` protocol (train800val200 → test) per seed. Test
+images are never seen before the final runs. The driver is the one writer of
+the database and of MLflow; a resumed sweep restores the Tune experiment (trials,
+checkpoints, the searcher's state) and logs whatever MLflow is missing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
-import os
-import shutil
-import statistics
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import optuna
-import ray
-from ray import tune
-from ray.tune.result_grid import ResultGrid
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 import db
 from alore.data import DEMO_TASKS, task_info, write_demo_dataset
 from alore.errors import AloreError, DataError
 from db.urls import mask_text, mask_url
 
-from . import defaults
-from .preset import SHARED_SPACE, Preset
-from .tracking import Tracker, TrackingUnavailable
-from .trial import run_trial
+from . import defaults, names, run
+from . import plan as planning
+from .preset import Preset
+from .record import CellResult, Recorder, TrialOutcome
+from .track import Background, Track
+from .tracking import Tracker
 
-METRIC, MODE = "val_acc", "max"
-SEARCHED = (*SHARED_SPACE, "method_options")  # the trial config keys a search chooses
-
-
-def chosen_params(config: dict[str, Any], *extra: str) -> dict[str, Any]:
-    """The chosen hyper-parameters of a trial config (plus ``extra`` keys such as the seed)."""
-    return {k: config[k] for k in (*SEARCHED, *extra) if k in config}
+LEADERBOARD_EVERY_S = 60.0  # the MLflow leaderboard is refreshed at most this often while a sweep runs
 
 
 @dataclasses.dataclass
@@ -59,45 +46,45 @@ class Settings:
     tracking_uri: str
     db_url: str
     address: str | None = None
+    max_concurrent: int | None = None
 
     @classmethod
     def embedded(cls, name: str, workdir: Path, tracking_uri: str | None = None, db_url: str | None = None,
-                 address: str | None = None) -> Settings:
+                 address: str | None = None, max_concurrent: int | None = None) -> Settings:
+        names.check_name("sweep", name)
         workdir = workdir.resolve()
         return cls(name, workdir, defaults.tracking_uri(workdir, tracking_uri), defaults.db_url(workdir, db_url),
-                   address)
-
-    @property
-    def storage(self) -> Path:
-        return self.workdir / "ray"
-
-    @property
-    def artifacts(self) -> Path:
-        return self.workdir / "artifacts"
+                   address, max_concurrent)
 
 
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    backbone: str
-    task: str
-    method: str
+@dataclasses.dataclass
+class Hooks:
+    """What the CLI shows while a sweep runs."""
 
-    @property
-    def key(self) -> str:
-        return f"{self.backbone}__{self.task}__{self.method}"
-
-
-def cells(preset: Preset) -> list[Cell]:
-    return [Cell(b, t, m) for b in preset.backbones for t in preset.tasks for m in preset.methods]
+    on_step: Callable[[str], None] = lambda message: None
+    on_trial_start: Callable[[planning.TrialSpec], None] = lambda spec: None
+    on_trial_done: Callable[[TrialOutcome], None] = lambda outcome: None
+    on_cell_done: Callable[[planning.Cell, CellResult], None] = lambda cell, result: None
+    on_warning: Callable[[str], None] = lambda message: None
+    on_links: Callable[[dict[str, str]], None] = lambda experiments: None  # MLflow experiment name -> id
 
 
-def resolve_inputs(preset: Preset, settings: Settings) -> tuple[Path, dict[str, str | None]]:
-    """The data root and per-backbone weights, with ``{workdir}`` filled in; checked before anything runs."""
-    fill = lambda s: s.replace("{workdir}", str(settings.workdir))  # noqa: E731
+def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True) -> tuple[Path, dict[str, str | None]]:
+    """The data root and per-backbone weights, with ``{workdir}`` filled in; checked before anything runs.
+
+    A backbone without weights gets its pretrained checkpoint (timm's tag), fetched once into
+    ``<workdir>/weights`` or found in the local hub cache — never a silently random backbone. Random
+    initialisation only when asked for by name (``random``); the small test backbones keep theirs.
+    """
+    from alore import backbones
+
+    fill = lambda s: s.replace("{workdir}", str(workdir))  # noqa: E731
     root = Path(fill(preset.data_root)).expanduser().resolve()
-    weights = {b: fill(preset.weights[b]) if b in preset.weights else None for b in preset.backbones}
-    if not root.exists() and all(t in DEMO_TASKS for t in preset.tasks):
-        # The demo makes its own data (and demo backbone) the first time.
+    if not fetch:  # a plan only (--dry-run): nothing is read, fetched or written
+        return root, {b: preset.weights.get(b) or (backbones.RANDOM if backbones.is_small_test(b) else
+                                                   f"timm:{backbones.pretrained_tag(b)}") for b in preset.backbones}
+    if not root.exists() and preset.data_root.startswith("{workdir}") and all(t in DEMO_TASKS for t in preset.tasks):
+        # The demo makes its own data (and demo backbone) in its work folder the first time.
         from alore.demo_backbone import write_demo_weights
 
         write_demo_dataset(root.parent)
@@ -106,340 +93,231 @@ def resolve_inputs(preset: Preset, settings: Settings) -> tuple[Path, dict[str, 
         raise DataError(f"data root not found: {root} (pass --data-root DIR)")
     for task in preset.tasks:
         task_info(preset.suite, task, root)
-    for backbone, w in weights.items():
-        if w not in (None, "timm", "hub") and not Path(w).is_file():
-            raise DataError(f"weights file for {backbone} not found: {w} (pass --weights {backbone}=FILE)")
+    weights: dict[str, str | None] = {}
+    for b in preset.backbones:
+        given = preset.weights.get(b)
+        if given == backbones.RANDOM or (given is None and backbones.is_small_test(b)):
+            weights[b] = backbones.RANDOM
+        elif given in (None, "timm", "hub"):
+            weights[b] = str(backbones.fetch_pretrained(b, workdir / "weights"))
+        else:
+            path = Path(fill(given)).expanduser()
+            if not path.is_file():
+                raise DataError(f"weights file for {b} not found: {path} (pass --weights {b}=FILE)")
+            weights[b] = str(path.resolve())
     return root, weights
 
 
-def cell_space(preset: Preset, method: str) -> tuple[dict[str, list], dict[str, list]]:
-    """(shared hyper-parameters, method options) to search for ``method``."""
-    shared = {k: list(v) for k, v in preset.space.items()}
-    options: dict[str, list] = {}
-    for key, values in preset.method_space.get(method, {}).items():
-        (shared if key in SHARED_SPACE else options)[key] = list(values)
-    return shared, options
+def make_plan(preset: Preset, settings: Settings, fetch: bool = True) -> planning.SweepPlan:
+    root, weights = resolve_inputs(preset, settings.workdir, fetch=fetch)
+    return planning.build(preset, settings.name, root, weights)
 
 
-def param_space(preset: Preset, cell: Cell, data_root: Path, weights: str | None, algorithm: str) -> dict[str, Any]:
-    shared, options = cell_space(preset, cell.method)
-    sample = tune.grid_search if algorithm == "grid" else tune.choice
-    space: dict[str, Any] = {
-        "base": {"backbone": cell.backbone, "weights": weights, "task": cell.task, "suite": preset.suite,
-                 "data_root": str(data_root), "method": cell.method, "epochs": preset.epochs,
-                 "warmup_epochs": preset.warmup_epochs, "batch_size": preset.batch_size, "device": "auto"},
-        "protocol": "search",
-        "seed": preset.seeds[0],
-        **{k: sample(v) for k, v in shared.items()},
-    }
-    if options:
-        space["method_options"] = {k: sample(v) for k, v in options.items()}
-    return space
+class Driver:
+    """Receives Tune's trial events (run layer) and passes each result to record, then track."""
+
+    def __init__(self, plan: planning.SweepPlan, settings: Settings, recorder: Recorder, track: Track, engine: Any,
+                 hooks: Hooks) -> None:
+        self.plan, self.settings, self.recorder, self.track = plan, settings, recorder, track
+        self.engine, self.hooks = engine, hooks
+        self.starts: dict[str, datetime] = {}
+        self.reports: dict[str, dict[int, dict[str, Any]]] = {}  # trial id -> epoch -> what it reported
+        self.folders: dict[tuple[planning.Cell, str], Path] = {}  # (cell, trial key) -> Tune's folder
+        self.results: list[CellResult] = []
+        self.failed: dict[planning.Cell, str] = {}
+        self.dirty: set[str] = set()
+        self.board_at = time.monotonic()
+        self.later = Background()  # MLflow calls: Tune's event loop (which calls us) must not wait on them
+
+    # ---- Tune events -------------------------------------------------------------------------------
+
+    def started(self, trial: Any) -> None:
+        spec = planning.TrialSpec.from_config(trial.config)
+        now = datetime.now(UTC)
+        self.starts.setdefault(trial.trial_id, now)
+        self.recorder.trial_started(spec, now)
+        self.hooks.on_trial_start(spec)
+
+    def result(self, trial: Any, result: dict[str, Any]) -> None:
+        if "epoch" in result:
+            self.reports.setdefault(trial.trial_id, {})[int(result["epoch"])] = dict(result)
+
+    def ended(self, trial: Any, error: str | None) -> None:
+        spec = planning.TrialSpec.from_config(trial.config)
+        reports = self.reports.pop(trial.trial_id, {})
+        if self.recorder.already_ended(spec) and not reports:
+            return  # restored from a state older than the database: recorded (and logged) already
+        # Tune's own folder for this trial: a trial lost in a driver kill and suggested again after the
+        # restore gets a new folder (Tune suffixes the name), and only this one holds its checkpoints.
+        self.folders[(spec.cell, spec.key)] = Path(trial.path)
+        outcome = self.outcome(spec, dict(trial.last_result or {}), self.starts.pop(trial.trial_id, None), error,
+                               reports=reports)
+        self.finish(outcome, reports)
+
+    # ---- one trial's result, everywhere it goes ----------------------------------------------------
+
+    def folder(self, spec: planning.TrialSpec) -> Path:
+        return self.folders.get((spec.cell, spec.key)) or run.trial_dir(self.settings.workdir, spec, self.plan.name)
+
+    def history(self, spec: planning.TrialSpec, reports: dict[int, dict[str, Any]] | None = None) -> list[dict]:
+        """Every epoch the trial reported: Tune's storage (epochs before a restart) updated with what this
+        driver saw itself (the storage copy can lag behind the last report)."""
+        rows = {int(r["epoch"]): r for r in run.history(self.folder(spec))}
+        rows.update(reports or {})
+        return [rows[e] for e in sorted(rows)]
+
+    def outcome(self, spec: planning.TrialSpec, last: dict[str, Any], started: datetime | None,
+                error: str | None, finished: datetime | None = None,
+                reports: dict[int, dict[str, Any]] | None = None) -> TrialOutcome:
+        folder = self.folder(spec)
+        rows = self.history(spec, reports)
+        if rows and int(rows[-1].get("epoch", 0)) >= int(last.get("epoch", 0)):
+            last = {**last, **rows[-1]}  # Tune's storage may be a report ahead of the driver's view
+        epochs = int(last.get("epoch", 0))
+        status = "failed" if error else ("done" if epochs >= spec.run.epochs else "pruned")
+        if spec.phase == planning.FINAL and status == "done" and last.get("test_acc") is None:
+            status, error = "failed", "the final run reported no test accuracy"
+        now = finished or datetime.now(UTC)
+        return TrialOutcome(spec, status, last, started or now, now, run.latest_checkpoint(folder), error)
+
+    def finish(self, outcome: TrialOutcome, reports: dict[int, dict[str, Any]] | None = None) -> None:
+        spec = outcome.spec
+        self.recorder.trial_finished(outcome)
+        self.later.put(lambda: self.log_trial(outcome, reports))
+        self.hooks.on_trial_done(outcome)
+        cp = self.plan.cell(spec.cell)
+        if spec.phase == planning.SEARCH and self.recorder.search_failed(cp):
+            self.fail(spec.cell, f"every search trial failed ({outcome.error or 'no val accuracy'})")
+        elif spec.phase == planning.FINAL and outcome.status == "failed":
+            self.recorder.cell_failed(spec.cell)
+            self.fail(spec.cell, f"final run with seed {spec.seed} failed ({outcome.error})")
+        elif spec.phase == planning.FINAL:
+            result = self.recorder.cell_result(spec.cell)
+            if result is not None:
+                self.results.append(result)
+                self.hooks.on_cell_done(spec.cell, result)
+                self.later.put(lambda: self.log_cell(result))
+                self.dirty.add(spec.cell.backbone)
+                if time.monotonic() - self.board_at > LEADERBOARD_EVERY_S:
+                    self.board_at = time.monotonic()
+                    self.later.put(self.publish)
+
+    def fail(self, cell: planning.Cell, why: str) -> None:
+        self.failed[cell] = why
+        self.hooks.on_warning(f"{cell.backbone}/{cell.task}/{cell.method}: {why}")
+
+    def log_trial(self, outcome: TrialOutcome, reports: dict[int, dict[str, Any]] | None = None) -> None:
+        run_id = self.track.trial(outcome, self.history(outcome.spec, reports))
+        if run_id:
+            self.recorder.trial_tracked(outcome.spec, run_id)
+
+    def log_cell(self, result: CellResult) -> None:
+        run_id = self.track.cell(result)
+        if run_id:
+            self.recorder.result_tracked(result.cell, run_id)
+
+    def publish(self) -> None:
+        for backbone in sorted(self.dirty):
+            if self.track.leaderboard(self.engine, backbone, self.plan.cells[0].run.suite):
+                self.dirty.discard(backbone)
+        self.board_at = time.monotonic()
+
+    # ---- after a restart ---------------------------------------------------------------------------
+
+    def catch_up(self) -> None:
+        """Finals that ended before a restart count for their cell; what MLflow is missing is logged."""
+        for row in list(self.recorder.rows.values()):
+            cell = planning.Cell(row.backbone, row.task, row.method)
+            spec = planning.recorded_spec(self.plan, cell, row.trial_key, row.seed, row.config)
+            if spec is None or row.status == "running":
+                continue
+            outcome = self.outcome(spec, {"val_acc": row.val_acc, "test_acc": row.test_acc,
+                                          "epoch": row.epochs_done}, row.started_at, None, row.finished_at)
+            outcome = dataclasses.replace(outcome, status=row.status)
+            if spec.phase == planning.FINAL and row.status == "done" and cell not in self.recorder.done:
+                self.recorder.recorded_final(outcome)
+            if not row.mlflow_run_id:
+                self.log_trial(outcome)
+        for cp in self.plan.cells:  # every seed ended before the restart, the result was not recorded yet
+            result = self.recorder.cell_result(cp.cell)
+            if result is not None:
+                self.results.append(result)
+                self.hooks.on_cell_done(cp.cell, result)
+        for r in db.results_of(self.engine, self.plan.name):
+            if r["mlflow_run_id"]:
+                continue
+            cell = planning.Cell(r["backbone"], r["task"], r["method"])
+            try:
+                self.plan.cell(cell)
+            except StopIteration:
+                continue
+            chosen = {k: v for k, v in (r["config"] or {}).items()
+                      if k not in {f.name for f in dataclasses.fields(planning.RunSettings)}}
+            self.log_cell(CellResult(cell, r["suite"], r["test_acc_mean"], r["test_acc_std"] or 0.0, {},
+                                     r["val_acc"], r["trainable_params"] or 0, chosen, r["config"] or {},
+                                     tuple(r["seeds"] or ()), r["epochs"] or 0,
+                                     Path(r["artifact_uri"]) if r["artifact_uri"] else None))
+            self.dirty.add(cell.backbone)
 
 
-class TrialProgress(tune.Callback):
-    """Forwards finished trials to the driver's progress display."""
-
-    def __init__(self, on_done: Callable[[Any, bool], None] | None,
-                 on_start: Callable[[Any], None] | None = None) -> None:
-        self.on_done, self.on_start = on_done, on_start
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles the run config for Tuner.restore; a live display does not travel.
-        return {"on_done": None, "on_start": None}
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.on_start:
-            self.on_start(trial)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.on_done:
-            self.on_done(trial, True)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.on_done:
-            self.on_done(trial, False)
-
-
-@dataclasses.dataclass
-class Hooks:
-    """What the CLI shows while a sweep runs."""
-
-    on_cell_start: Callable[[Cell, str], None] = lambda cell, phase: None
-    on_trial_start: Callable[[Cell, Any], None] = lambda cell, trial: None
-    on_trial_done: Callable[[Cell, Any, bool], None] = lambda cell, trial, ok: None
-    on_cell_done: Callable[[Cell, dict[str, Any]], None] = lambda cell, result: None
-    on_warning: Callable[[str], None] = lambda message: None
-
-
-def start_ray(address: str | None) -> None:
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Checkpointing every epoch is deliberate (resume); Tune's warning about it is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")  # a busy 2-core laptop is not a Tune bottleneck
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
-    if address:
-        try:
-            ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise AloreError(f"cannot reach the Ray cluster at {address}: {first} (check the address; a cluster "
-                             "with token authentication also needs RAY_AUTH_MODE=token and its token)") from None
-    else:
-        # "local": always a new embedded instance, never a cluster someone started with `ray start`.
-        ray.init(address="local", include_dashboard=False, **kwargs)
-
-
-def _tuner(path: Path, trainable: Any, space: dict, tune_config: tune.TuneConfig,
-           run_config: tune.RunConfig) -> tune.Tuner:
-    if tune.Tuner.can_restore(str(path)):
-        # Finished trials stay finished; errored ones are retried; the searcher's state comes back too.
-        return tune.Tuner.restore(str(path), trainable, resume_errored=True)
-    return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
-
-
-def trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"  # Tune's default name spells out the whole config
-
-
-def run_config(settings: Settings, name: str, callbacks: list) -> tune.RunConfig:
-    return tune.RunConfig(name=name, storage_path=str(settings.storage), verbose=0, callbacks=callbacks,
-                          failure_config=tune.FailureConfig(max_failures=2),
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-
-
-def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None) -> list[dict[str, Any]]:
+def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
+              resume: bool = False) -> list[CellResult]:
+    """Run (or, with ``resume`` or a name already recorded, continue) the sweep; the cells' results."""
     hooks = hooks or Hooks()
-    data_root, weights = resolve_inputs(preset, settings)
+    hooks.on_step("checking data and weights")
+    plan = make_plan(preset, settings)
+    if settings.address:
+        run.check_address(settings.address)  # seconds, and before anything is written
+    if settings.db_url.startswith("sqlite") and not settings.workdir.exists():
+        run.make_private(settings.workdir)  # owner-only from the start: the embedded database lives in it
     engine = db.connect(settings.db_url)
-    settings.workdir.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(settings.tracking_uri, settings.workdir / "mlartifacts")
+    recorded = settings.name in db.sweep_names(engine)
+    run.make_private(settings.workdir)
+    run.check_experiment(settings.workdir, settings.name, restore=resume or recorded)
     sweep_config = {**preset.to_dict(), "tracking_uri": mask_text(settings.tracking_uri),
-                    "db": mask_url(settings.db_url)}
+                    "db": mask_url(settings.db_url), "weights_used": {b: _shown(w) for b, w in _weights(plan).items()}}
     sweep_id = db.upsert_sweep(engine, settings.name, preset=preset.name, suite=preset.suite, config=sweep_config,
                                status="running")
-    start_ray(settings.address)
-    trainable = tune.with_resources(run_trial, {"cpu": preset.cpus_per_trial, "gpu": preset.gpus_per_trial})
-    pending = PendingTracking(settings)
-    results = []
+    hooks.on_step("starting Ray" + (f" (cluster {settings.address})" if settings.address else " (local)"))
+    run.start_ray(settings.address, settings.workdir / "logs")
+    slots = run.slots(preset.cpus_per_trial, preset.gpus_per_trial)
+    slots = min(slots, settings.max_concurrent) if settings.max_concurrent else slots
+    db.upsert_sweep(engine, settings.name, config={**sweep_config, "slots": slots, "total_trials": plan.total_trials})
+    recorder = Recorder(engine, sweep_id, plan)
+    track = Track(Tracker(settings.tracking_uri, settings.workdir / "mlartifacts"), plan, hooks.on_warning)
+    driver = Driver(plan, settings, recorder, track, engine, hooks)
     try:
-        replay_pending(pending, preset, settings, engine, tracker, hooks)
-        done = {(c.backbone, c.task, c.method) for c in db.sweep_status(engine, settings.name).cells
-                if c.status == "done"}
-        for cell in cells(preset):
-            cell_id = db.upsert_cell(engine, sweep_id, cell.backbone, cell.task, cell.method)
-            if (cell.backbone, cell.task, cell.method) in done:
-                continue
-            db.set_cell_status(engine, cell_id, "running")
-            pending.add(cell.key)  # until MLflow has the cell: a driver killed after the cell's "done" replays it
-            search, final, result = run_cell(preset, settings, cell, cell_id, sweep_id, engine, trainable,
-                                             data_root, weights[cell.backbone], hooks)
-            track_or_defer(pending, settings, engine, tracker, cell, cell_id, search, final, result, hooks)
-            results.append(result)
-            hooks.on_cell_done(cell, result)
-        db.set_sweep_status(engine, sweep_id, "done")
+        hooks.on_step("logging to MLflow what a previous run left unlogged")
+        driver.catch_up()
+        if len(recorder.done) < len(plan.cells):
+            tuner = run.tuner(plan, settings.workdir, cpus_per_trial=preset.cpus_per_trial,
+                              gpus_per_trial=preset.gpus_per_trial, epochs=preset.epochs,
+                              max_concurrent=settings.max_concurrent, restore=resume or recorded)
+            hooks.on_step(f"running {plan.total_trials} trials of {len(plan.cells)} cells")
+            run.fit(tuner, driver)
+        driver.later.drain()
+        driver.catch_up()  # what MLflow could not take during the run, if it is back
+        driver.dirty |= {cp.cell.backbone for cp in plan.cells}
+        driver.publish()
     except BaseException:
         db.set_sweep_status(engine, sweep_id, "interrupted")
         raise
-    try:
-        publish_leaderboards(preset, settings, engine, tracker)
-    except TrackingUnavailable as err:
-        hooks.on_warning(f"the leaderboard artifact was not logged to MLflow: {err}")
-    return results
+    finally:
+        driver.later.close()
+    hooks.on_links(dict(track.links))
+    missing = [cp.cell for cp in plan.cells if cp.cell not in recorder.done]
+    db.set_sweep_status(engine, sweep_id, "failed" if missing else "done")
+    if missing:
+        first = missing[0]
+        why = driver.failed.get(first, "did not finish")
+        raise AloreError(f"{len(missing)} of {len(plan.cells)} cells failed, first {first.backbone}/{first.task}/"
+                         f"{first.method}: {why}; the others are recorded (alorectl sweep status {settings.name})")
+    return driver.results
 
 
-def run_cell(preset: Preset, settings: Settings, cell: Cell, cell_id: int, sweep_id: int, engine: Any,
-             trainable: Any, data_root: Path, weights: str | None,
-             hooks: Hooks) -> tuple[list, list, dict[str, Any]]:
-    """Search, then final runs; writes the database. Returns the Tune results and the cell's result."""
-    progress = [TrialProgress(lambda trial, ok: hooks.on_trial_done(cell, trial, ok),
-                              lambda trial: hooks.on_trial_start(cell, trial))]
-
-    # 1. search on train800 -> val200
-    hooks.on_cell_start(cell, "search")
-    algorithm = preset.algorithm
-    search_alg = OptunaSearch(metric=METRIC, mode=MODE, seed=0) if algorithm == "optuna" else None
-    scheduler = (ASHAScheduler(max_t=preset.epochs, grace_period=max(1, preset.epochs // 10), reduction_factor=2)
-                 if preset.scheduler == "asha" else FIFOScheduler())
-    tune_config = tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=search_alg, scheduler=scheduler,
-                                  num_samples=preset.trials if algorithm == "optuna" else 1,
-                                  max_concurrent_trials=preset.max_concurrent, trial_dirname_creator=trial_dirname)
-    name = f"{settings.name}__{cell.key}__search"
-    space = param_space(preset, cell, data_root, weights, algorithm)
-    grid = list(_tuner(settings.storage / name, trainable, space, tune_config,
-                       run_config(settings, name, progress)).fit())
-    searched = [r for r in grid if r.metrics and METRIC in r.metrics]
-    if not searched:
-        db.set_cell_status(engine, cell_id, "failed")
-        first_error = next((str(r.error).splitlines()[-1] for r in grid if r.error), "no trial reported")
-        raise AloreError(f"every search trial of {cell.key} failed: {first_error}")
-    for r in grid:
-        record_trial(engine, cell_id, r, "search")
-    best = max(searched, key=lambda r: r.metrics[METRIC])
-    chosen = chosen_params(best.config)
-    db.set_cell_status(engine, cell_id, "running", best_config=chosen, best_val_acc=best.metrics[METRIC],
-                       seeds=preset.seeds, epochs=preset.epochs)
-
-    # 2. the chosen configuration on train800val200 -> test, once per seed
-    hooks.on_cell_start(cell, "final")
-    final_space = {**{k: v for k, v in space.items() if k not in SEARCHED},
-                   **chosen, "protocol": "final", "seed": tune.grid_search(list(preset.seeds))}
-    name = f"{settings.name}__{cell.key}__final"
-    final_grid = list(_tuner(settings.storage / name, trainable, final_space,
-                             tune.TuneConfig(num_samples=1, max_concurrent_trials=preset.max_concurrent,
-                                             trial_dirname_creator=trial_dirname),
-                             run_config(settings, name, progress)).fit())
-    finals = [r for r in final_grid if r.metrics and "test_acc" in r.metrics and r.checkpoint is not None]
-    for r in final_grid:
-        record_trial(engine, cell_id, r, "final")
-    if len(finals) != len(preset.seeds):
-        db.set_cell_status(engine, cell_id, "failed")
-        raise AloreError(f"final runs of {cell.key} failed for {len(preset.seeds) - len(finals)} seed(s)")
-    accs = [r.metrics["test_acc"] for r in finals]
-    first = sorted(finals, key=lambda r: r.config["seed"])[0]
-    keep = cell_folder(settings, cell)
-    if keep.exists():
-        shutil.rmtree(keep)
-    keep.mkdir(parents=True)
-    for f in ("adapter.safetensors", "merged.safetensors", "metrics.json"):
-        if (Path(first.checkpoint.path) / f).is_file():
-            shutil.copy2(Path(first.checkpoint.path) / f, keep / f)
-    result = {"backbone": cell.backbone, "task": cell.task, "method": cell.method, "suite": preset.suite,
-              "test_acc_mean": statistics.fmean(accs), "test_acc_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
-              "seeds": list(preset.seeds), "val_acc": best.metrics[METRIC],
-              "trainable_params": int(first.metrics.get("trainable_params", 0)),
-              "config": {**space["base"], **chosen, "weights": weights}, "epochs": preset.epochs,
-              "chosen": chosen}
-    (keep / "result.json").write_text(json.dumps(result, indent=2))
-    db.record_result(engine, sweep_id=sweep_id, artifact_uri=str(keep),
-                     **{k: result[k] for k in ("backbone", "task", "method", "suite", "test_acc_mean", "test_acc_std",
-                                               "seeds", "val_acc", "trainable_params", "config", "epochs")})
-    db.set_cell_status(engine, cell_id, "done")
-    return grid, final_grid, result
+def _weights(plan: planning.SweepPlan) -> dict[str, str | None]:
+    return {cp.cell.backbone: cp.run.weights for cp in plan.cells}
 
 
-def cell_folder(settings: Settings, cell: Cell) -> Path:
-    return settings.artifacts / settings.name / cell.backbone / cell.task / cell.method
-
-
-def trial_key(r: Any, protocol: str) -> str:
-    trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name.removeprefix("trial_")
-    return f"{protocol}:{trial_id}"
-
-
-def record_trial(engine: Any, cell_id: int, r: Any, protocol: str, mlflow_run_id: str | None = None) -> None:
-    metrics = r.metrics or {}
-    hyper = chosen_params(r.config, "seed")
-    status = "failed" if r.error is not None else ("done" if metrics.get("epoch") == r.config["base"]["epochs"]
-                                                   else "pruned")
-    db.record_trial(engine, cell_id, trial_key(r, protocol), protocol=protocol, status=status, config=hyper,
-                    seed=r.config.get("seed"), val_acc=metrics.get("val_acc"), test_acc=metrics.get("test_acc"),
-                    epochs_done=int(metrics.get("epoch", 0)), node_id=metrics.get("node_id"),
-                    mlflow_run_id=mlflow_run_id)
-
-
-# ---- MLflow: after the database, and deferred when the tracking server is away -----------------
-
-class PendingTracking:
-    """Cells whose MLflow logging failed; ``sweep resume`` (any later run of the sweep) logs them."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.path = settings.workdir / f"mlflow-pending-{settings.name}.json"
-
-    def keys(self) -> list[str]:
-        return json.loads(self.path.read_text()) if self.path.is_file() else []
-
-    def _write(self, keys: list[str]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(set(keys))))
-        tmp.replace(self.path)
-
-    def add(self, key: str) -> None:
-        self._write(self.keys() + [key])
-
-    def remove(self, key: str) -> None:
-        keys = [k for k in self.keys() if k != key]
-        if keys:
-            self._write(keys)
-        else:
-            self.path.unlink(missing_ok=True)
-
-
-def track_or_defer(pending: PendingTracking, settings: Settings, engine: Any, tracker: Tracker, cell: Cell,
-                   cell_id: int, search: list, final: list, result: dict[str, Any], hooks: Hooks) -> None:
-    try:
-        track_cell(settings, engine, tracker, cell, cell_id, search, final, result)
-        pending.remove(cell.key)
-    except TrackingUnavailable as err:
-        pending.add(cell.key)
-        hooks.on_warning(f"MLflow logging of {cell.key} failed ({err}); the result is in the database and "
-                         f"`alorectl sweep resume {settings.name}` will log it")
-
-
-def replay_pending(pending: PendingTracking, preset: Preset, settings: Settings, engine: Any, tracker: Tracker,
-                   hooks: Hooks) -> None:
-    by_key = {c.key: c for c in cells(preset)}
-    status = {(c.backbone, c.task, c.method): c for c in db.sweep_status(engine, settings.name).cells}
-    for key in pending.keys():
-        cell = by_key.get(key)
-        found = status.get((cell.backbone, cell.task, cell.method)) if cell is not None else None
-        if found is None or found.status != "done":
-            continue  # not finished: the cell runs again and is logged then
-        sweep_id = db.upsert_sweep(engine, settings.name)
-        cell_id = db.upsert_cell(engine, sweep_id, cell.backbone, cell.task, cell.method)
-        # Read back from Tune's storage; nothing is rerun.
-        grids = [list(ResultGrid(tune.ExperimentAnalysis(str(settings.storage / f"{settings.name}__{key}__{phase}"))))
-                 for phase in ("search", "final")]
-        result = json.loads((cell_folder(settings, cell) / "result.json").read_text())
-        track_or_defer(pending, settings, engine, tracker, cell, cell_id, grids[0], grids[1], result, hooks)
-
-
-def track_cell(settings: Settings, engine: Any, tracker: Tracker, cell: Cell, cell_id: int, search: list,
-               final: list, result: dict[str, Any]) -> None:
-    """Parent run per cell, child run per trial, artifacts, the leaderboard experiment (all idempotent)."""
-    experiment = tracker.experiment(f"alore/{settings.name}")
-    tags = {"backbone": cell.backbone, "task": cell.task, "method": cell.method, "sweep": settings.name}
-    parent = tracker.find_or_create_run(experiment, f"{settings.name}/{cell.key}", cell.key, tags)
-    for protocol, grid in (("search", search), ("final", final)):
-        for r in grid:
-            key = trial_key(r, protocol)
-            history = r.metrics_dataframe.to_dict("records") if r.metrics_dataframe is not None else []
-            hyper = chosen_params(r.config, "seed")
-            run = tracker.find_or_create_run(experiment, f"{cell.key}/{key}", key.replace(":", "-"),
-                                             {**tags, "protocol": protocol}, parent=parent, history=history,
-                                             params=hyper)
-            tracker.finish(run, "FINISHED" if r.error is None else "FAILED")
-            record_trial(engine, cell_id, r, protocol, mlflow_run_id=run)
-    tracker.log(parent, params={"chosen": result["chosen"], "base": {k: v for k, v in result["config"].items()},
-                                "seeds": result["seeds"]},
-                metrics={"best_val_acc": result["val_acc"], "test_acc_mean": result["test_acc_mean"],
-                         "test_acc_std": result["test_acc_std"], "trainable_params": result["trainable_params"]})
-    tracker.artifacts(parent, cell_folder(settings, cell), "final")
-    tracker.finish(parent)
-    sweep_id = db.upsert_sweep(engine, settings.name)
-    db.record_result(engine, sweep_id=sweep_id, mlflow_run_id=parent,
-                     **{k: result[k] for k in ("backbone", "task", "method", "suite", "test_acc_mean", "seeds")})
-    board = tracker.experiment(f"alore/leaderboard/{cell.backbone}")
-    entry = tracker.find_or_create_run(board, f"{cell.backbone}/{cell.task}/{cell.method}",
-                                       f"{cell.task}/{cell.method}", tags)
-    tracker.log(entry, metrics={"test_acc": result["test_acc_mean"], "test_acc_std": result["test_acc_std"],
-                                "val_acc": result["val_acc"], "params_m": result["trainable_params"] / 1e6},
-                tags={"sweep": settings.name, "cell_run": parent})
-
-
-def publish_leaderboards(preset: Preset, settings: Settings, engine: Any, tracker: Tracker) -> None:
-    """The sweep's own run carries each backbone's leaderboard table as an artifact."""
-    from .leaderboard_view import build
-
-    experiment = tracker.experiment(f"alore/{settings.name}")
-    run = tracker.find_or_create_run(experiment, f"{settings.name}/sweep", "sweep", {"sweep": settings.name})
-    folder = settings.workdir / "leaderboards" / settings.name
-    folder.mkdir(parents=True, exist_ok=True)
-    for backbone in preset.backbones:
-        board = build(engine, backbone, preset.suite)
-        (folder / f"{backbone}.md").write_text(db.to_markdown(board))
-    tracker.artifacts(run, folder, "leaderboard")
-    tracker.finish(run)
+def _shown(weights: str | None) -> str:
+    return weights or "random"

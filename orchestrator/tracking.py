@@ -6,9 +6,8 @@ never need the tracking URI (so the Ray pitfall of trials logging to a local
 ``mlruns`` cannot happen). Every write is keyed by tags and safe to repeat: a
 resumed sweep finds its runs again instead of duplicating them.
 
-Layout: experiment ``alore/<sweep>`` holds a parent run per cell with nested
-child runs per trial; experiment ``alore/leaderboard/<backbone>`` holds one run
-per (task, method) final result, for sorting and filtering in the MLflow UI.
+What is logged where is :mod:`orchestrator.track`; this module is the guarded
+client: every failure becomes :class:`TrackingUnavailable` with no credentials.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -29,13 +29,18 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from db.urls import mask_text
 
 # A tracking server that went away should cost seconds, not MLflow's default minutes of retries:
-# the sweep goes on and the cell is logged later (see orchestrator.sweep.PendingTracking).
+# the sweep goes on and the cell is logged later (see orchestrator.track).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# MLflow prints "View run ... at: <tracking URI>" on every finished run: noise in a progress display.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema set-up chatter on first use
+
+
+COMPLETE = "alore.complete"  # the tag written last: a run without it is unfinished and is redone
 
 
 class TrackingUnavailable(Exception):
@@ -67,9 +72,23 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def split_credentials(uri: str) -> str:
+    """An http(s) tracking URI without ``user:password@``; the credentials go where MLflow reads them
+    (MLFLOW_TRACKING_USERNAME/PASSWORD), so no URL MLflow builds or prints can carry them."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or parts.password is None and parts.username is None:
+        return uri
+    if parts.username:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
+    if parts.password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    host = parts.hostname or ""
+    return parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")).geturl()
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None) -> None:
-        self.client = MlflowClient(tracking_uri)
+        self.client = MlflowClient(split_credentials(tracking_uri))
         self.artifact_root = artifact_root
 
     @guarded
@@ -81,30 +100,64 @@ class Tracker:
         return self.client.create_experiment(name, artifact_location=location)
 
     @guarded
-    def find_or_create_run(self, experiment_id: str, key: str, name: str, tags: dict[str, str],
-                           parent: str | None = None, params: dict[str, Any] | None = None,
-                           history: list[dict[str, Any]] | None = None) -> str:
-        """The run tagged ``alore.key == key``; created (with ``params`` and ``history``) on first use only."""
+    def describe(self, experiment_id: str, text: str, **view: Any) -> None:
+        """The experiment's description and the saved runs-table view (columns, sort) the UI opens."""
+        from .ui_links import setup_experiment
+
+        setup_experiment(self.client, experiment_id, text, **view)
+
+    @guarded
+    def find_run(self, experiment_id: str, key: str) -> Any | None:
+        """The live run tagged ``alore.key == key``, or None."""
         found = self.client.search_runs([experiment_id], filter_string=f"tags.`alore.key` = '{key}'", max_results=1)
-        if found:
-            return found[0].info.run_id
+        return found[0] if found else None
+
+    @guarded
+    def create_run(self, experiment_id: str, key: str, name: str, tags: dict[str, str], parent: str | None = None,
+                   start_time: int | None = None) -> str:
         tags = {**tags, "alore.key": key}
         if parent:
             tags[MLFLOW_PARENT_RUN_ID] = parent
-        run_id = self.client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
-        if params or history:
-            self.log(run_id, params=params, history=history)
-        return run_id
+        return self.client.create_run(experiment_id, tags=tags, run_name=name, start_time=start_time).info.run_id
+
+    @guarded
+    def find_or_create_run(self, experiment_id: str, key: str, name: str, tags: dict[str, str],
+                           parent: str | None = None, start_time: int | None = None) -> str:
+        """The run tagged ``alore.key == key`` (complete or not: a parent is filled in place), else a new one."""
+        found = self.find_run(experiment_id, key)
+        if found is not None:
+            return found.info.run_id
+        return self.create_run(experiment_id, key, name, tags, parent, start_time)
+
+    @guarded
+    def fresh_run(self, experiment_id: str, key: str, name: str, tags: dict[str, str], parent: str | None = None,
+                  start_time: int | None = None) -> str | None:
+        """A new run for ``key``, or None when a complete one exists. A run without the completion tag was cut
+        short (the driver died, or MLflow went away, while logging it): it is deleted and logged again whole."""
+        found = self.find_run(experiment_id, key)
+        if found is not None:
+            if found.data.tags.get(COMPLETE) == "1":
+                return None
+            self.client.delete_run(found.info.run_id)
+        return self.create_run(experiment_id, key, name, tags, parent, start_time)
+
+    @guarded
+    def complete(self, run_id: str, status: str = "FINISHED", end_time: int | None = None) -> None:
+        """Mark ``run_id`` finished and complete: written last, after everything else the run holds."""
+        self.client.set_terminated(run_id, status=status, end_time=end_time)
+        self.client.set_tag(run_id, COMPLETE, "1")
 
     @guarded
     def log(self, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
-            history: list[dict[str, Any]] | None = None, tags: dict[str, str] | None = None) -> None:
+            history: list[dict[str, Any]] | None = None, tags: dict[str, str] | None = None, step: int = 0) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if _finite(v)]
+        batch = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if _finite(v)]
         for row in history or []:
             step = int(row.get("epoch", row.get("training_iteration", 0)))
-            batch += [Metric(k, float(v), now, step) for k, v in row.items()
-                      if k in ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "images_per_s") and _finite(v)]
+            stamp = int(float(row["timestamp"]) * 1000) if _finite(row.get("timestamp")) else now
+            # "lr" is also a searched parameter: the per-epoch learning rate is "lr_now".
+            batch += [Metric(HISTORY.get(k, k), float(v), stamp, step) for k, v in row.items()
+                      if k in HISTORY and _finite(v)]
         existing = set(self.client.get_run(run_id).data.params) if params else set()
         plist = [Param(k, v) for k, v in flatten(params or {}).items() if k not in existing]
         # MLflow's batch limits: 100 params, 1000 metrics per call.
@@ -126,6 +179,10 @@ class Tracker:
     @guarded
     def artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
+
+
+HISTORY = {"train_loss": "train_loss", "train_acc": "train_acc", "val_acc": "val_acc", "test_acc": "test_acc",
+           "lr": "lr_now", "images_per_s": "images_per_s"}
 
 
 def _finite(value: Any) -> bool:

@@ -19,14 +19,12 @@ from alore.api import count_trainable
 from alore.artifacts import write_run_files
 from alore.train import Callbacks, TrainConfig, fit
 
-# Trial config keys searched or set per trial; everything else sits in config["base"].
-TRIAL_KEYS = ("lr", "weight_decay", "dropout", "protocol", "seed")
+from .plan import TrialSpec
 
 
 def train_config(config: dict[str, Any]) -> TrainConfig:
-    options = {**config["base"].get("method_options", {}), **config.get("method_options", {})}
-    base = {k: v for k, v in config["base"].items() if k != "method_options"}
-    return TrainConfig(**base, method_options=options, **{k: config[k] for k in TRIAL_KEYS if k in config})
+    """The trial's training run, decoded from Tune's config by the plan's one decoder."""
+    return TrainConfig(**TrialSpec.from_config(config).train_kwargs())
 
 
 class TuneReporter(Callbacks):

@@ -279,8 +279,9 @@ def results(trial_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def trial_dirs(experiment: Path) -> list[Path]:
-    return sorted(experiment.glob("trial_*")) if experiment.is_dir() else []
+def trial_dirs(experiment: Path, pattern: str = "*__*") -> list[Path]:
+    """The trial folders of a sweep's Tune experiment (``<backbone>__<task>__<method>__<trial>``)."""
+    return sorted(p for p in experiment.glob(pattern) if p.is_dir()) if experiment.is_dir() else []
 
 
 def checkpoint_known(experiment: Path, trial_id: str) -> bool:

@@ -52,6 +52,27 @@ def test_params_cli_json() -> None:
     assert rows["vpt"]["mergeable"] is False and rows["adapter"]["mergeable"] is False
 
 
+@pytest.mark.parametrize("backbone,not_applicable", [
+    ("swin_b", {"vpt": "needs a ViT backbone", "vpt_shallow": "needs a ViT backbone"}),
+    ("convnext_b", {"vpt": "needs a ViT backbone", "vpt_shallow": "needs a ViT backbone",
+                    "alore_attn": "unknown location for convnext blocks 'before_attn'"}),
+])
+def test_params_cli_lists_every_method_with_honest_na_rows(backbone: str, not_applicable: dict) -> None:
+    result = runner.invoke(app, ["params", "--backbone", backbone, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["method"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == set(alore.METHODS)
+    for name, row in rows.items():
+        if name in not_applicable:
+            assert row["supported"] is False and row["trainable_params"] is None
+            assert not_applicable[name] in row["reason"]
+        else:
+            assert row["supported"] is True and row["reason"] is None and row["trainable_params"] >= 0
+    assert round(rows["alore"]["trainable_params"] / 1e6, 2) == {"swin_b": 0.19, "convnext_b": 0.29}[backbone]
+    table = runner.invoke(app, ["params", "--backbone", backbone])
+    assert table.exit_code == 0 and "n/a" in table.stdout and "n/a vpt: vpt needs a ViT backbone" in table.stdout
+
+
 def test_params_cli_table_and_method_filter() -> None:
     result = runner.invoke(app, ["params", "--backbone", "vit_b", "-m", "alore,alore_attn"])
     assert result.exit_code == 0
@@ -97,12 +118,16 @@ def test_bench_train_prints_ratios_to_lora() -> None:
     assert 0.0 < rows["alore"]["loading_share"] < 1.0 and rows["alore"]["peak_mib"] is None  # no CUDA here
 
 
-def test_bench_sweep_measures_both_concurrencies() -> None:
+def test_bench_sweep_measures_both_slot_counts(demo_dir) -> None:
     import ray
 
-    result = runner.invoke(app, ["bench", "sweep", "--trials", "1", "--epochs", "1", "--method", "linear", "--json"])
+    result = runner.invoke(app, ["bench", "sweep", "--tasks", "digits", "--methods", "linear,bitfit", "--trials", "1",
+                                 "--epochs", "1", "--data", str(demo_dir), "--json"])
     ray.shutdown()
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout[result.stdout.index("["):])
-    assert [r["concurrent"] for r in rows] == [1, 2] and rows[0]["speedup"] == 1.0
-    assert all(r["trials"] == 2 and 0.0 <= r["overhead_share"] <= 1.0 and r["trials_per_hour"] > 0 for r in rows)
+    assert [r["slots"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["trials"] == 4 and r["makespan_s"] > 0
+        assert 0.0 < r["occupancy"] <= 1.0 and 0.0 < r["overhead_share"] < 1.0
+    assert rows[1]["speedup"] == rows[0]["makespan_s"] / rows[1]["makespan_s"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from itertools import combinations
 
 import pytest
 import timm
@@ -16,19 +17,21 @@ from typer.testing import CliRunner
 
 import alore
 from orchestrator.cli import app
+from test_ui_browser import browser  # noqa: F401  (the headless Chromium fixture)
 
 runner = CliRunner()
 
+EPOCHS = 3
 PRESET = {
     "suite": "vtab",
     "data_root": "{workdir}/data/vtab-1k",
     "weights": {"demo": "{workdir}/data/demo.safetensors"},
     "backbones": ["demo"],
     "tasks": ["digits"],
-    "methods": ["alore", "vpt"],
+    "methods": ["alore", "vpt", "linear"],
     "search": {"algorithm": "optuna", "trials": 2, "scheduler": "fifo"},
     "space": {"lr": [0.01, 0.005], "weight_decay": [0.001], "dropout": [0.1, 0.0]},
-    "train": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32},
+    "train": {"epochs": EPOCHS, "warmup_epochs": 1, "batch_size": 32},
     "final": {"seeds": [42]},
     "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
 }
@@ -44,7 +47,7 @@ def swept(demo_dir, tmp_path_factory):
         (work / "data" / item.name).symlink_to(item)
     preset = root / "tiny.yaml"
     preset.write_text(yaml.safe_dump(PRESET))
-    result = runner.invoke(app, ["sweep", str(preset), "--workdir", str(work), "--name", "tiny"])
+    result = runner.invoke(app, ["sweep", "run", str(preset), "--workdir", str(work), "--name", "tiny"])
     assert result.exit_code == 0, result.output
     yield work, preset, result
     import ray
@@ -52,59 +55,102 @@ def swept(demo_dir, tmp_path_factory):
     ray.shutdown()
 
 
-def rows(work, table: str) -> list[tuple]:
+def query(work, sql: str, *args) -> list[tuple]:
     with sqlite3.connect(work / "leaderboard.db") as conn:
-        return conn.execute(f"SELECT * FROM {table}").fetchall()
+        return conn.execute(sql, args).fetchall()
 
 
-def test_sweep_fills_the_leaderboard(swept) -> None:
+def trials(work) -> list[dict]:
+    cols = ("method", "trial_key", "protocol", "status", "val_acc", "test_acc", "seed", "config", "started_at",
+            "finished_at", "mlflow_run_id")
+    rows = query(work, f"SELECT c.method, {', '.join('t.' + c for c in cols[1:])} FROM trial t "
+                       "JOIN cell c ON c.id = t.cell_id ORDER BY t.id")
+    return [{**dict(zip(cols, r)), "config": json.loads(r[7])} for r in rows]
+
+
+def test_sweep_fills_the_leaderboard_and_prints_it(swept) -> None:
     work, _, result = swept
-    assert "done demo/digits/alore" in result.output and "done demo/digits/vpt" in result.output
+    for m in ("alore", "vpt", "linear"):
+        assert f"done demo/digits/{m}" in result.output
+    assert "Params" in result.output and "alorectl ui --workdir" in result.output, "the table and the UI link"
     out = runner.invoke(app, ["leaderboard", "--backbone", "demo", "--format", "json", "--workdir", str(work)])
     assert out.exit_code == 0, out.output
     board = {r["method"]: r for r in json.loads(out.stdout)}
-    assert set(board) == {"alore", "vpt"}
+    assert set(board) == {"alore", "vpt", "linear"}
     for r in board.values():
-        assert 0.0 <= r["tasks"]["digits"] <= 100.0 and r["all_mean"] == r["tasks"]["digits"]
         cell = r["cells"]["digits"]
-        # Reproducible from the leaderboard alone: the chosen configuration, seeds and epochs.
-        assert cell["seeds"] == [42] and cell["epochs"] == 2 and cell["config"]["lr"] in (0.01, 0.005)
-        assert cell["val_acc"] is not None
+        # Reproducible from the leaderboard alone: the chosen configuration, seeds, epochs, weights.
+        assert cell["seeds"] == [42] and cell["epochs"] == EPOCHS and cell["val_acc"] is not None
+        assert cell["config"]["weights"].endswith("demo.safetensors")
     assert board["alore"]["params_m"] == pytest.approx((4 * 64 * 4 * 4 + 64) / 1e6)
-    md = runner.invoke(app, ["leaderboard", "--backbone", "demo", "--format", "markdown", "--workdir", str(work)])
-    assert "| alore |" in md.stdout and "Params(M)" in md.stdout
+    # Better than the head alone, the linear probe trained the same way in the same sweep.
+    assert board["alore"]["tasks"]["digits"] > board["linear"]["tasks"]["digits"]
 
 
-def test_search_sees_val_and_final_sees_test(swept) -> None:
+def test_each_cell_retrains_its_best_val_configuration_on_test_only(swept) -> None:
     work, _, _ = swept
-    trials = rows(work, "trial")
-    with sqlite3.connect(work / "leaderboard.db") as conn:
-        found = conn.execute("SELECT protocol, val_acc, test_acc, seed FROM trial").fetchall()
-    search = [t for t in found if t[0] == "search"]
-    final = [t for t in found if t[0] == "final"]
-    assert len(search) == 4 and len(final) == 2 and len(trials) == 6
-    assert all(v is not None and t is None for _, v, t, _ in search), "search trials never score test"
-    assert all(t is not None and s == 42 for _, _, t, s in final)
+    rows = trials(work)
+    assert len(rows) == 3 * 3
+    for method in ("alore", "vpt", "linear"):
+        search = [t for t in rows if t["method"] == method and t["protocol"] == "search"]
+        final = [t for t in rows if t["method"] == method and t["protocol"] == "final"]
+        assert len(search) == 2 and len(final) == 1
+        assert all(t["val_acc"] is not None and t["test_acc"] is None for t in search), "search never scores test"
+        assert all(t["test_acc"] is not None and t["val_acc"] is None and t["seed"] == 42 for t in final)
+        best = max(search, key=lambda t: (t["val_acc"], -int(t["trial_key"][-2:])))
+        assert final[0]["config"] == best["config"], "the final run uses the best val200 configuration"
+        chosen, val = query(work, "SELECT best_config, best_val_acc FROM cell WHERE method = ?", method)[0]
+        assert json.loads(chosen) == best["config"] and val == best["val_acc"]
+        configs = [json.dumps(t["config"], sort_keys=True) for t in search]
+        assert len(set(configs)) == len(configs), "no configuration searched twice"
+    linear = [t for t in rows if t["method"] == "linear" and t["protocol"] == "search"]
+    assert all("dropout" not in t["config"] for t in linear), "the head alone has no dropout to search"
 
 
-def test_mlflow_has_cells_trials_and_artifacts(swept) -> None:
+def test_trials_of_different_cells_overlap_in_time(swept) -> None:
+    work, _, _ = swept
+    rows = [t for t in trials(work)]
+    assert all(t["started_at"] and t["finished_at"] and t["started_at"] < t["finished_at"] for t in rows)
+    overlapping = [(a["method"], b["method"]) for a, b in combinations(rows, 2)
+                   if a["method"] != b["method"] and a["started_at"] < b["finished_at"]
+                   and b["started_at"] < a["finished_at"]]
+    assert overlapping, "cells run side by side, not one after another"
+    status = runner.invoke(app, ["sweep", "status", "tiny", "--json", "--workdir", str(work)])
+    timing = json.loads(status.stdout)["timing"]
+    assert timing["ended"] == 9 and timing["left"] == 0 and timing["running"] == 0
+    assert 0 < timing["occupancy"] <= 1 and timing["slots"] >= 1
+
+
+def test_mlflow_has_readable_cells_trials_and_the_leaderboard_table(swept) -> None:
     work, _, _ = swept
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     exp = client.get_experiment_by_name("alore/tiny")
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.info.run_name != "sweep"]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert {r.data.tags["method"] for r in parents} == {"alore", "vpt"}
-    assert len(children) == 6 and all("protocol" in r.data.tags for r in children)
+    assert sorted(r.info.run_name for r in parents) == ["alore · digits", "linear · digits", "vpt · digits"]
+    assert len(children) == 9 and all(r.data.tags.get("alore.complete") == "1" for r in runs)
+    names = sorted(r.info.run_name for r in children)
+    assert "final · seed 42" in names and any(n.startswith("search 0 · lr=") for n in names)
     search_child = next(r for r in children if r.data.tags["protocol"] == "search")
     history = client.get_metric_history(search_child.info.run_id, "val_acc")
-    assert [m.step for m in history] == [1, 2], "per-epoch metrics"
+    assert [m.step for m in history] == list(range(1, EPOCHS + 1)), "per-epoch metrics"
+    assert "lr_now" in search_child.data.metrics and "lr" in search_child.data.params
+    # The trial run spans the trial's real training time, not the logging time.
+    row = next(t for t in trials(work) if t["mlflow_run_id"] == search_child.info.run_id)
+    assert (search_child.info.end_time - search_child.info.start_time) / 1000 > 1.0
+    assert row["finished_at"] is not None
     alore_parent = next(r for r in parents if r.data.tags["method"] == "alore")
+    assert {"val_acc", "test_acc", "params_m"} <= set(alore_parent.data.metrics)
     names = {a.path for a in client.list_artifacts(alore_parent.info.run_id, "final")}
     assert {"final/merged.safetensors", "final/adapter.safetensors", "final/metrics.json"} <= names
     board = client.get_experiment_by_name("alore/leaderboard/demo")
-    entries = client.search_runs([board.experiment_id])
-    assert {r.info.run_name for r in entries} == {"digits/alore", "digits/vpt"}
+    entries = {r.info.run_name: r for r in client.search_runs([board.experiment_id])}
+    assert set(entries) == {"alore", "vpt", "linear"}
+    for r in entries.values():
+        assert r.info.status == "FINISHED"
+        assert {"digits", "all_mean", "params_m"} <= set(r.data.metrics) and "digits" in r.data.params
+    assert "mlflow.note.content" in board.tags
 
 
 def test_export_loads_into_plain_timm_with_the_adapted_outputs(swept, demo_dir, tmp_path) -> None:
@@ -115,7 +161,6 @@ def test_export_loads_into_plain_timm_with_the_adapted_outputs(swept, demo_dir, 
     assert result.exit_code == 0, result.output
     card = json.loads((out / "card.json").read_text())
     assert card["merged"] and card["num_classes"] == 10 and len(card["sha256"]["model.safetensors"]) == 64
-    # The exact call the card and the README show.
     plain = timm.create_model(card["timm_name"], pretrained=True, num_classes=10,
                               pretrained_cfg_overlay=dict(file=str(out / "model.safetensors"), num_classes=10),
                               **card["timm_kwargs"]).eval()
@@ -129,40 +174,41 @@ def test_export_loads_into_plain_timm_with_the_adapted_outputs(swept, demo_dir, 
     assert torch.equal(load_file(str(out / "model.safetensors"))["head.weight"], plain.head.weight)
 
 
-def test_export_refuses_unknown_results_and_vpt_exports_its_adapter(swept, tmp_path) -> None:
+def test_the_result_files_are_kept_once_in_tunes_storage(swept) -> None:
     work, _, _ = swept
-    bad = runner.invoke(app, ["export", "--backbone", "demo", "--task", "cifar", "--out", str(tmp_path / "x"),
-                              "--workdir", str(work)])
-    assert bad.exit_code == 2 and "valid choices: demo/digits/alore, demo/digits/vpt" in bad.stderr
-    assert not (tmp_path / "x").exists()
-    vpt = runner.invoke(app, ["export", "--backbone", "demo", "--task", "digits", "--method", "vpt",
-                              "--out", str(tmp_path / "vpt"), "--workdir", str(work)])
-    assert vpt.exit_code == 0
-    card = json.loads((tmp_path / "vpt" / "card.json").read_text())
-    assert card["merged"] is False and (tmp_path / "vpt" / "adapter.safetensors").is_file()
-    assert not (tmp_path / "vpt" / "model.safetensors").exists()
+    (uri,) = query(work, "SELECT artifact_uri FROM result WHERE method = 'alore'")[0:1][0]
+    assert uri.startswith(str(work / "ray" / "tiny")) and (work / "ray" / "tiny").is_dir()
+    assert not (work / "artifacts").exists(), "no second copy in the work folder"
 
 
-def test_status_and_resume_rerun_nothing_and_duplicate_nothing(swept) -> None:
+def test_resume_reruns_nothing_and_duplicates_nothing(swept) -> None:
     work, _, _ = swept
-    status = runner.invoke(app, ["sweep", "status", "tiny", "--json", "--workdir", str(work)])
-    assert status.exit_code == 0
-    data = json.loads(status.stdout)
-    assert data["counts"]["done"] == 2 and data["total"] == 2
-    before = {t: len(rows(work, t)) for t in ("sweep", "cell", "trial", "result")}
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+
+    def mlflow_runs() -> dict[str, str]:
+        return {r.info.run_id: r.info.status for r in client.search_runs(experiments, max_results=1000)}
+
+    def tune_files() -> dict:
+        return {p: p.stat().st_mtime_ns for p in (work / "ray" / "tiny").rglob("*") if p.is_file()
+                and "checkpoint_" in str(p)}
+
+    before_rows, before_runs, before_files = trials(work), mlflow_runs(), tune_files()
     again = runner.invoke(app, ["sweep", "resume", "tiny", "--workdir", str(work)])
     assert again.exit_code == 0, again.output
     assert "done demo/digits" not in again.output, "finished cells are not rerun"
-    assert {t: len(rows(work, t)) for t in before} == before
+    assert trials(work) == before_rows
+    assert mlflow_runs() == before_runs, "no MLflow run added or changed"
+    assert tune_files() == before_files, "no trial ran again"
     unknown = runner.invoke(app, ["sweep", "status", "nope", "--workdir", str(work)])
     assert unknown.exit_code == 2 and "unknown sweep 'nope'; valid choices: tiny" in unknown.stderr
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"backbones": ["vit_q"]}, "unknown method" if False else "unknown backbone 'vit_q'"),
+    ({"backbones": ["vit_q"]}, "unknown backbone 'vit_q'"),
     ({"methods": ["alora"]}, "unknown method in preset"),
     ({"tasks": ["cifarr"]}, "cifarr"),
-    ({"space": {"lr": [-1.0]}}, "bad grid value -1.0 for lr"),
+    ({"space": {"lr": [-1.0]}}, "-1.0"),
     ({"search": {"algorithm": "random"}}, "unknown search algorithm in preset"),
     ({"data_root": "/nonexistent/vtab"}, "data root not found: /nonexistent/vtab"),
 ])
@@ -196,3 +242,23 @@ def test_unreachable_db_is_one_line_with_the_password_masked(tmp_path, demo_dir)
     assert "127.0.0.1:1" in result.stderr and "s3cret" not in result.output + result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "w").exists()
+
+
+def test_the_ui_opens_the_sweeps_leaderboard_as_the_ranked_table(swept, browser, tmp_path) -> None:
+    """After a real sweep, `alorectl ui`'s printed link opens the leaderboard experiment's runs table in a
+    headless Chromium: a row per method, ranked by the visible all_mean column."""
+    from test_ui_browser import read_runs_table
+    from ui_utils import running_ui
+
+    from orchestrator.ui_links import VIEW_ID, experiment_url
+
+    work, _, _ = swept
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    board = MlflowClient(uri).get_experiment_by_name("alore/leaderboard/demo").experiment_id
+    with running_ui(tmp_path, "--tracking-uri", uri) as ui:
+        url = experiment_url(ui.base_url, board, view=VIEW_ID)
+        assert url in ui.output().split()
+        rows = read_runs_table(browser, url, "all_mean", rows=3)
+    assert {name for name, _ in rows} == {"alore", "vpt", "linear"}
+    means = [float(value) for _, value in rows]
+    assert means == sorted(means, reverse=True)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from alore.benchmark import inference_rows
+from alore.benchmark import check_args, inference_rows
 from alore.device import pick_device
+from alore.errors import ConfigError, DataError, UnknownChoiceError
 
 from ..app import App, console, print_json, split_csv
 
@@ -24,7 +26,8 @@ def inference(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON rows")] = False,
 ) -> None:
-    """Images/s of the bare backbone, each adapted model unmerged, and each merged one."""
+    """Images/s of the bare backbone, each adapted model unmerged, and each merged one (random weights: speed only)."""
+    check_args(backbone, split_csv(methods), batch_size, steps)
     dev = pick_device(device)
     if not as_json:
         console.print(f"[dim]{backbone} on {dev}, batch {batch_size}, {steps} steps per model[/]", highlight=False)
@@ -54,8 +57,9 @@ def train(
     """Training step time, peak memory (CUDA) and data-loading share per method, as ratios to LoRA."""
     from alore.benchmark import train_rows
 
-    dev = pick_device(device)
     names = split_csv(methods)
+    check_args(backbone, names, batch_size, steps)
+    dev = pick_device(device)
     rows = train_rows(backbone, names, batch_size, steps, dev, on_row=None if as_json else lambda r: console.print(
         f"  {r['method']:<12} {r['step_ms']:8.1f} ms/step  {r['images_per_s']:8.1f} img/s", highlight=False))
     if as_json:
@@ -74,25 +78,37 @@ def train(
 
 @app.command("sweep")
 def sweep(
-    trials: Annotated[int, typer.Option(help="search trials per run (grid over lr)")] = 4,
+    tasks: Annotated[str, typer.Option(help="demo tasks, comma-separated")] = "digits,digits_rot",
+    methods: Annotated[str, typer.Option(help="methods, comma-separated")] = "alore,lora,ssf",
+    trials: Annotated[int, typer.Option(help="search trials per cell (one final run follows each search)")] = 2,
     epochs: Annotated[int, typer.Option(help="epochs per trial")] = 3,
-    method: Annotated[str, typer.Option(help="method to sweep")] = "alore",
+    data: Annotated[Path | None, typer.Option(help="a folder from `alorectl data demo` (default: made afresh)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON rows")] = False,
 ) -> None:
-    """The same small demo sweep with 1 and 2 concurrent trials: trials/hour and overhead outside training."""
+    """One multi-cell demo sweep on 1 and on 2 trial slots: makespan, slot occupancy, speedup, overhead."""
+    from alore.data import DEMO_TASKS
     from alore.methods import get_method
     from orchestrator.sweep_bench import bench_sweep
 
-    get_method(method)
-    rows = bench_sweep(trials, epochs, method)
+    task_list, method_list = split_csv(tasks), split_csv(methods)
+    for t in task_list:
+        if t not in DEMO_TASKS:
+            raise UnknownChoiceError("demo task", t, DEMO_TASKS)
+    for m in method_list:
+        get_method(m)
+    if trials < 1 or epochs < 1:
+        raise ConfigError(f"--trials and --epochs must be >= 1, got {trials} and {epochs}")
+    if data is not None and not (data / "vtab-1k").is_dir():
+        raise DataError(f"--data {data}: no vtab-1k folder in it (make one with: alorectl data demo --out DIR)")
+    rows = bench_sweep(task_list, method_list, trials, epochs, data)
     if as_json:
         print_json(rows)
         return
-    table = Table(title="Sweep throughput (demo backbone, local Ray); overhead = share of a trial's wall time "
-                        "outside training")
-    for col in ("concurrent trials", "trials", "trials/hour", "speedup", "mean trial wall (s)", "overhead"):
+    table = Table(title=f"Sweep fan-out: {len(task_list)} tasks x {len(method_list)} methods, {trials} search + 1 "
+                        "final per cell (demo backbone, local Ray)")
+    for col in ("slots", "trials", "makespan (s)", "occupancy", "speedup", "mean trial wall (s)", "overhead"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["concurrent"]), str(r["trials"]), f"{r['trials_per_hour']:.0f}", f"{r['speedup']:.2f}x",
-                      f"{r['mean_trial_wall_s']:.1f}", f"{100 * r['overhead_share']:.1f}%")
+        table.add_row(str(r["slots"]), str(r["trials"]), f"{r['makespan_s']:.1f}", f"{r['occupancy']:.2f}",
+                      f"{r['speedup']:.2f}x", f"{r['mean_trial_wall_s']:.1f}", f"{100 * r['overhead_share']:.1f}%")
     console.print(table)

@@ -12,7 +12,7 @@ from ..defaults import db_url, tracking_uri  # noqa: F401  (the commands' shared
 Workdir = Annotated[Path, typer.Option(help="work folder: Ray storage, MLflow store, leaderboard, artifacts",
                                        envvar="ALORE_WORKDIR")]
 TrackingUri = Annotated[str | None, typer.Option(
-    help="MLflow tracking URI (default sqlite:///<workdir>/mlflow.db)", envvar="MLFLOW_TRACKING_URI")]
+    "--tracking-uri", help="MLflow tracking URI (default sqlite:///<workdir>/mlflow.db)", envvar="MLFLOW_TRACKING_URI")]
 DbUrl = Annotated[str | None, typer.Option(
     "--db", help="leaderboard database URL (default sqlite:///<workdir>/leaderboard.db; "
                  "postgresql+psycopg://user:pass@host/db on a cluster)", envvar="ALORE_DB")]

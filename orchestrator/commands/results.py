@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from sqlalchemy import Engine
 
 import db
@@ -31,6 +30,7 @@ from orchestrator.leaderboard_view import build, check_choices
 
 from .. import defaults
 from ..app import console, fail
+from .board import board_table
 from .common import DEFAULT_WORKDIR, DbUrl, TrackingUri, Workdir
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -78,13 +78,7 @@ def leaderboard(
     elif fmt == "json":
         sys.stdout.write(db.to_json(board) + "\n")
     else:
-        header, rows = db.to_rows(board, mark="[bold green]{}[/]")
-        table = Table(title=f"{backbone} on {suite}: top-1 test accuracy (%), best per column in green")
-        for i, col in enumerate(header):
-            table.add_column(col, justify="left" if i == 0 else "right")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        console.print(board_table(board, backbone, suite))
     if plot is not None:
         draw(board, plot, backbone)
 

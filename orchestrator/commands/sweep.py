@@ -1,23 +1,44 @@
-"""``alorectl sweep PRESET`` / ``sweep status NAME`` / ``sweep resume NAME``."""
+"""``alorectl sweep run PRESET`` / ``sweep status NAME`` / ``sweep resume NAME`` (``sweep PRESET`` = ``sweep run``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 import db
 from alore.errors import ConfigError, UnknownChoiceError
+from orchestrator import plan as planning
 from orchestrator import preset as presets
-from orchestrator.sweep import Hooks, Settings, cells, run_sweep
+from orchestrator.sweep import Hooks, Settings, make_plan, run_sweep
+from orchestrator.timing import timing
+from orchestrator.ui_links import VIEW_ID, experiment_url
 
-from ..app import console, fail, print_json, split_csv
+from ..app import App, console, print_json, split_csv
+from .board import print_board
 from .common import DEFAULT_WORKDIR, Address, DbUrl, TrackingUri, Workdir, db_url
+
+
+class ShortcutGroup(TyperGroup):
+    """``alorectl sweep vtab ...`` is ``alorectl sweep run vtab ...``: any first word that is not a
+    subcommand is a preset."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().resolve_command(ctx, args)
+
+
+UI_URL = "http://127.0.0.1:5000"  # where `alorectl ui` serves by default
+
+app = App(cls=ShortcutGroup, help="Sweeps: run a preset, watch it, resume it.")
 
 
 def apply_flags(p: presets.Preset, **flags: Any) -> presets.Preset:
@@ -39,7 +60,8 @@ def apply_flags(p: presets.Preset, **flags: Any) -> presets.Preset:
         else:
             bad = [x for x in pairs if "=" not in x]
             if bad:
-                raise ConfigError(f"--weights {bad[0]!r}: use BACKBONE=FILE for each backbone, e.g. vit_b=vit_b.npz")
+                raise ConfigError(f"--weights {bad[0]!r}: use BACKBONE=FILE (or BACKBONE=random) for each "
+                                  "backbone, e.g. vit_b=vit_b.npz")
             changes["weights"] = {**p.weights, **dict(x.split("=", 1) for x in pairs)}
     for key, flag in (("trials", "trials"), ("algorithm", "search"), ("scheduler", "scheduler"),
                       ("cpus_per_trial", "cpus_per_trial"), ("gpus_per_trial", "gpus_per_trial"),
@@ -50,137 +72,97 @@ def apply_flags(p: presets.Preset, **flags: Any) -> presets.Preset:
         raise UnknownChoiceError("search algorithm", changes["algorithm"], presets.SEARCH_ALGORITHMS)
     if "scheduler" in changes and changes["scheduler"] not in presets.SCHEDULERS:
         raise UnknownChoiceError("scheduler", changes["scheduler"], presets.SCHEDULERS)
-    if "epochs" in changes:
-        changes["warmup_epochs"] = min(p.warmup_epochs, changes["epochs"])
     p = dataclasses.replace(p, **changes)
     presets.validate(p)
     return p
 
 
-def trials_per_cell(p: presets.Preset, method: str) -> int:
-    from orchestrator.sweep import cell_space
-
-    if p.algorithm == "grid":
-        shared, options = cell_space(p, method)
-        search = math.prod(len(v) for v in {**shared, **options}.values())
-    else:
-        search = p.trials
-    return search + len(p.seeds)
-
-
-def sweep(
-    target: Annotated[str, typer.Argument(help="a preset (vtab, fgvc, demo, or a .yaml path), or 'status'/'resume'")],
-    name: Annotated[str | None, typer.Argument(help="with status/resume: the sweep's name")] = None,
+@app.command("run")
+def sweep_run(
+    preset: Annotated[str, typer.Argument(help="a preset (vtab, fgvc, demo) or a .yaml path")],
     backbones: Annotated[str | None, typer.Option(help="comma-separated, e.g. vit_b,vit_l,vit_h")] = None,
     methods: Annotated[str | None, typer.Option(help="comma-separated (default: the preset's)")] = None,
     tasks: Annotated[str | None, typer.Option(help="comma-separated task names")] = None,
-    trials: Annotated[int | None, typer.Option(help="Optuna trials per cell")] = None,
+    trials: Annotated[int | None, typer.Option(help="search trials per cell (the whole grid when it is smaller)")] = None,
     search: Annotated[str | None, typer.Option(help="optuna or grid")] = None,
     scheduler: Annotated[str | None, typer.Option(help="fifo or asha")] = None,
     epochs: Annotated[int | None, typer.Option(help="training epochs (paper: 100)")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial; fractions pack trials on a GPU")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial")] = None,
+    max_concurrent_trials: Annotated[int | None, typer.Option(
+        help="trials in flight at once for the whole sweep (default: as many as the cluster fits)")] = None,
     data_root: Annotated[Path | None, typer.Option(help="data root (VTAB-1k or FGVC layout)", envvar="ALORE_DATA_ROOT")] = None,
-    weights: Annotated[str | None, typer.Option(help="BACKBONE=FILE,... (or one FILE for one backbone)")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="BACKBONE=FILE|random,... (or one FILE for one backbone); default: timm's pretrained checkpoint")] = None,
     seeds: Annotated[str | None, typer.Option(help="seeds of the final runs, e.g. 42,43,44")] = None,
+    dry_run: Annotated[bool, typer.Option(help="print the plan and its estimated makespan; start nothing")] = False,
+    gpus: Annotated[int | None, typer.Option(help="with --dry-run: trial slots to estimate for (default 1)")] = None,
     address: Address = None,
     tracking_uri: TrackingUri = None,
     db_flag: DbUrl = None,
     workdir: Workdir = DEFAULT_WORKDIR,
     sweep_name: Annotated[str | None, typer.Option("--name", help="sweep name (default: the preset's)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="status: print JSON")] = False,
 ) -> None:
-    """Run a sweep of ALoRE and baselines: Optuna search on val200, final runs on test, MLflow + leaderboard."""
-    if target == "status":
-        return show_status(_need_name(name, "status"), workdir, db_flag, as_json)
-    if target == "resume":
-        engine = db.connect(db_url(workdir, db_flag))
-        stored = _stored_config(engine, _need_name(name, "resume"))
-        uri = stored.get("tracking_uri")
-        uri = tracking_uri or (uri if uri and "***" not in uri else None)  # a masked URI must come from the flag
-        fields = {f.name for f in dataclasses.fields(presets.Preset)}
-        p = presets.Preset(**{k: v for k, v in stored.items() if k in fields})
-        return execute(p, Settings.embedded(name, workdir, uri, db_flag, address))
-    if name is not None:
-        fail(f"unexpected argument {name!r}; usage: alorectl sweep PRESET [options] | sweep status NAME | sweep resume NAME")
-    p = apply_flags(presets.load(target), backbones=backbones, methods=methods, tasks=tasks, trials=trials,
+    """Run a sweep of ALoRE and baselines: search on val200, final runs on test, MLflow + leaderboard."""
+    if max_concurrent_trials is not None and max_concurrent_trials < 1:
+        raise ConfigError(f"--max-concurrent-trials must be >= 1, got {max_concurrent_trials}")
+    if gpus is not None and gpus < 1:
+        raise ConfigError(f"--gpus must be >= 1, got {gpus}")
+    if gpus is not None and not dry_run:
+        raise ConfigError("--gpus only goes with --dry-run (a real sweep uses what the Ray cluster has)")
+    p = apply_flags(presets.load(preset), backbones=backbones, methods=methods, tasks=tasks, trials=trials,
                     search=search, scheduler=scheduler, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
                     data_root=data_root, weights=weights, seeds=seeds, epochs=epochs)
-    execute(p, Settings.embedded(sweep_name or p.name, workdir, tracking_uri, db_flag, address))
+    settings = Settings.embedded(sweep_name or p.name, workdir, tracking_uri, db_flag, address, max_concurrent_trials)
+    if dry_run:
+        return show_plan(p, settings, gpus or 1)
+    execute(p, settings, resume=False)
 
 
-def _need_name(name: str | None, action: str) -> str:
-    if not name:
-        fail(f"sweep {action} needs the sweep's name: alorectl sweep {action} NAME")
-    return name  # type: ignore[return-value]
+@app.command("resume")
+def sweep_resume(
+    name: Annotated[str, typer.Argument(help="the sweep's name")],
+    address: Address = None,
+    tracking_uri: TrackingUri = None,
+    db_flag: DbUrl = None,
+    workdir: Workdir = DEFAULT_WORKDIR,
+    max_concurrent_trials: Annotated[int | None, typer.Option(help="trials in flight at once")] = None,
+) -> None:
+    """Continue a sweep: restore its Tune experiment, finish what is left, log what MLflow is missing."""
+    engine = _existing(workdir, db_flag)
+    stored = db.sweep_config(engine, name)
+    uri = stored.get("tracking_uri")
+    if tracking_uri is None and uri and "***" in uri:
+        raise ConfigError(f"sweep {name!r} logged to {uri}, whose password is not stored; pass --tracking-uri "
+                          "(or MLFLOW_TRACKING_URI) with the credentials")
+    fields = {f.name for f in dataclasses.fields(presets.Preset)}
+    p = presets.Preset(**{k: v for k, v in stored.items() if k in fields})
+    presets.validate(p, f"stored sweep {name!r}")
+    execute(p, Settings.embedded(name, workdir, tracking_uri or uri, db_flag, address, max_concurrent_trials),
+            resume=True)
 
 
-def _stored_config(engine: Any, name: str) -> dict[str, Any]:
-    from sqlalchemy import select
-
-    from db.models import Sweep
-    from db.session import read_scope
-
-    with read_scope(engine) as conn:
-        config = conn.execute(select(Sweep.config).where(Sweep.name == name)).scalar_one_or_none()
-    if config is None:
-        choices = db.sweep_names(engine)
-        fail(f"unknown sweep {name!r}; valid choices: {', '.join(choices) or '(none yet)'}")
-    return config
-
-
-def execute(p: presets.Preset, settings: Settings) -> None:
-    plan = cells(p)
-    total = sum(trials_per_cell(p, c.method) for c in plan)
-    console.print(f"[bold]sweep {settings.name}[/]: {len(plan)} cells ({', '.join(p.backbones)} x "
-                  f"{len(p.tasks)} tasks x {', '.join(p.methods)}), {total} trials; workdir {settings.workdir}",
-                  highlight=False)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[note]}"), console=console) as progress:
-        bar = progress.add_task("trials", total=total, note="")
-
-        best: dict[Any, float] = {}
-
-        def cell_start(cell: Any, phase: str) -> None:
-            progress.update(bar, note=f"{cell.backbone}/{cell.task}/{cell.method}: {phase}")
-
-        def trial_done(cell: Any, trial: Any, ok: bool) -> None:
-            val = (trial.last_result or {}).get("val_acc")
-            if val is not None and val > best.get(cell, -1.0):
-                best[cell] = val
-            note = f"{cell.backbone}/{cell.task}/{cell.method}"
-            if cell in best:
-                note += f": best val so far {best[cell]:.2f}"
-            progress.update(bar, advance=1, note=note)
-
-        def cell_done(cell: Any, r: dict[str, Any]) -> None:
-            progress.console.print(
-                f"  [green]done[/] {cell.backbone}/{cell.task}/{cell.method}: val {r['val_acc']:.2f}  "
-                f"test {r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f}  ({r['trainable_params']:,} params)",
-                highlight=False)
-
-        def warning(message: str) -> None:
-            progress.console.print(f"  [yellow]warning:[/] {message}", highlight=False)
-
-        run_sweep(p, settings, Hooks(on_cell_start=cell_start, on_trial_done=trial_done, on_cell_done=cell_done,
-                                     on_warning=warning))
-    console.print(f"leaderboard: alorectl leaderboard --backbone {p.backbones[0]} --suite {p.suite} "
-                  f"--workdir {settings.workdir}")
-    console.print(f"MLflow UI:   alorectl ui --workdir {settings.workdir}   (or: mlflow ui --backend-store-uri "
-                  f"{settings.tracking_uri})")
-
-
-def show_status(name: str, workdir: Path, url: str | None, as_json: bool) -> None:
-    engine = db.connect(db_url(workdir, url))
-    try:
-        status = db.sweep_status(engine, name)
-    except db.SweepNotFoundError:
-        fail(f"unknown sweep {name!r}; valid choices: {', '.join(db.sweep_names(engine)) or '(none yet)'}")
+@app.command("status")
+def sweep_status(
+    name: Annotated[str, typer.Argument(help="the sweep's name")],
+    workdir: Workdir = DEFAULT_WORKDIR,
+    db_flag: DbUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Where a sweep stands: cells, trials running/done/left, slot occupancy, ETA."""
+    engine = _existing(workdir, db_flag)
+    status = db.sweep_status(engine, name)
+    config = db.sweep_config(engine, name)
+    t = timing(db.sweep_trials(engine, name), int(config.get("slots") or 1), int(config.get("total_trials") or 0))
     if as_json:
-        print_json(status.to_dict())
+        print_json({**status.to_dict(), "timing": t.to_dict()})
         return
     counts = ", ".join(f"{k} {v}" for k, v in status.counts.items())
-    console.print(f"[bold]{status.name}[/] ({status.status}): {counts}", highlight=False)
+    console.print(f"[bold]{status.name}[/] ({status.status}): cells {counts}", highlight=False)
+    occ = f"{t.occupancy:.0%}" if t.occupancy is not None else "-"
+    eta = _duration(t.eta_s) if t.eta_s is not None and t.left else ("-" if t.left else "0s")
+    console.print(f"trials: {t.running} running, {t.ended} done, {t.left} left · {t.slots} slots, occupancy "
+                  f"{occ} · ETA {eta}", highlight=False)
     table = Table()
     for col in ("backbone", "task", "method", "status", "trials", "best val", "test", "chosen config"):
         table.add_column(col)
@@ -193,3 +175,94 @@ def show_status(name: str, workdir: Path, url: str | None, as_json: bool) -> Non
     best = status.best
     if best is not None:
         console.print(f"best so far: {best.backbone}/{best.task}/{best.method}", highlight=False)
+
+
+def _existing(workdir: Path, url: str | None) -> Any:
+    """The sweep database, opened without creating it (reading a sweep never writes one)."""
+    return db.open_existing(db_url(workdir, url))
+
+
+def _without_credentials(url: str) -> str:
+    """The server's address without user and password: the browser asks for those itself."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")).geturl()
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def show_plan(p: presets.Preset, settings: Settings, gpus: int) -> None:
+    """``--dry-run``: cells, trials, total and the makespan estimate; nothing is started or written."""
+    plan = make_plan(p, settings, fetch=False)
+    table = Table(title=f"sweep {settings.name}: plan (nothing started)")
+    for col in ("backbone", "task", "method", "search", "final", "trials", "cost/trial"):
+        table.add_column(col, justify="left" if col in ("backbone", "task", "method", "search") else "right")
+    for cp in plan.cells:
+        search = f"{cp.n_search} " + ("(whole grid)" if cp.exhaustive else f"of {cp.grid_size} (optuna)")
+        table.add_row(cp.cell.backbone, cp.cell.task, cp.cell.method, search, str(len(cp.seeds)),
+                      str(cp.n_trials), f"{cp.cost:.2f}")
+    console.print(table)
+    span = planning.estimate_makespan(plan, gpus)
+    work = sum(cp.n_trials * cp.cost for cp in plan.cells)
+    console.print(f"{len(plan.cells)} cells, {plan.total_trials} trials, {work:.0f} ViT-B trial-equivalents of work; "
+                  f"on {gpus} trial slot(s) the estimated makespan is {span:.0f} ViT-B trials "
+                  f"(cells in flight at once, costliest first; occupancy {work / (gpus * span):.0%})", highlight=False)
+
+
+def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
+    console.print(f"[bold]sweep {settings.name}[/]: {', '.join(p.backbones)} × {len(p.tasks)} tasks × "
+                  f"{', '.join(p.methods)}; workdir {settings.workdir}", highlight=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[note]}"), console=console) as progress:
+        bar = progress.add_task("starting", total=None, note="")
+        best: dict[Any, float] = {}
+        running: set[str] = set()
+
+        def step(message: str) -> None:
+            progress.update(bar, note=message)
+            if message.startswith("running "):
+                progress.update(bar, description="trials", total=int(message.split()[1]))
+
+        def trial_start(spec: planning.TrialSpec) -> None:
+            running.add(f"{spec.cell.key}/{spec.key}")
+            progress.update(bar, note=f"{len(running)} running")
+
+        def trial_done(o: Any) -> None:
+            cell = o.spec.cell
+            running.discard(f"{cell.key}/{o.spec.key}")
+            val = o.metrics.get("val_acc")
+            if o.spec.phase == planning.SEARCH and val is not None and val > best.get(cell, -1.0):
+                best[cell] = val
+            progress.update(bar, advance=1, note=f"{len(running)} running · last {o.spec.cell.method}/"
+                                                 f"{o.spec.cell.task} {o.spec.key}: {o.status}")
+
+        def cell_done(cell: Any, r: Any) -> None:
+            progress.console.print(
+                f"  [green]done[/] {cell.backbone}/{cell.task}/{cell.method}: val {r.val_acc or 0:.2f}  "
+                f"test {r.test_acc_mean:.2f} ± {r.test_acc_std:.2f}  ({r.trainable_params:,} params)",
+                highlight=False)
+
+        def warning(message: str) -> None:
+            progress.console.print(f"  [yellow]warning:[/] {message}", highlight=False)
+
+        links: dict[str, str] = {}
+        run_sweep(p, settings, Hooks(on_step=step, on_trial_start=trial_start, on_trial_done=trial_done,
+                                     on_cell_done=cell_done, on_warning=warning, on_links=links.update),
+                  resume=resume)
+    engine = db.connect(settings.db_url)
+    for backbone in p.backbones:
+        print_board(engine, backbone, p.suite)
+    console.print(f"leaderboard: alorectl leaderboard --backbone {p.backbones[0]} --suite {p.suite} "
+                  f"--workdir {settings.workdir}", highlight=False)
+    server = settings.tracking_uri.startswith(("http://", "https://"))
+    base = _without_credentials(settings.tracking_uri) if server else UI_URL
+    console.print(f"MLflow UI:   {base}" if server else f"MLflow UI:   alorectl ui --workdir {settings.workdir}   "
+                  "then open:", highlight=False)
+    for name, experiment_id in sorted(links.items(), key=lambda kv: "leaderboard" not in kv[0]):
+        console.print(f"  {name}: {experiment_url(base, experiment_id, view=VIEW_ID)}", highlight=False,
+                      soft_wrap=True)
+

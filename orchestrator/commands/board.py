@@ -1,0 +1,29 @@
+"""The leaderboard as a terminal table (``alorectl leaderboard`` and the end of every sweep)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+import db
+
+from ..app import console
+
+
+def board_table(board: Any, backbone: str, suite: str) -> Table:
+    header, rows = db.to_rows(board, mark="[bold green]{}[/]")
+    table = Table(title=f"{backbone} on {suite}: top-1 test accuracy (%), best per column in green")
+    for i, col in enumerate(header):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_board(engine: Any, backbone: str, suite: str) -> None:
+    from orchestrator.leaderboard_view import build
+
+    board = build(engine, backbone, suite)
+    if board.rows:
+        console.print(board_table(board, backbone, suite))

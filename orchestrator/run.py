@@ -1,0 +1,270 @@
+"""Run: Ray Tune only. One Tune experiment per sweep, every cell in flight at once.
+
+The experiment lives in ``<workdir>/ray/<sweep>``; a trial's folder is named by
+its spec (``<backbone>__<task>__<method>__search-03``). The searcher
+(:mod:`orchestrator.searcher`) hands out search trials of every cell, costliest
+first, and a cell's final trials as soon as its search ends; Ray places them on
+whatever slot is free. ``ConcurrencyLimiter`` is the one bound on trials in
+flight (``--max-concurrent-trials``; by default the cluster's slots), which is
+also what lets Tune keep that many trials pending for a custom searcher.
+
+Trust boundary: ``Tuner.restore`` unpickles files from the experiment folder, so
+the work folder is treated like ``~/.ssh``: created owner-only, and a folder or
+file that another user owns or could have written is refused before anything
+is restored from it. Restoring happens only when the caller says so (``sweep
+resume``, or a rerun of a sweep already recorded in the database).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+
+from alore.errors import AloreError
+
+from .names import inside
+from .plan import SweepPlan, TrialSpec
+from .searcher import METRIC, MODE, SweepSearcher
+from .trial import run_trial
+
+RAY_DIR = "ray"  # <workdir>/ray/<sweep>: the one place the storage layout is spelled
+
+
+class UntrustedFolderError(AloreError):
+    """A folder Tune would unpickle from could have been written by someone else."""
+
+
+def storage(workdir: Path) -> Path:
+    return workdir / RAY_DIR
+
+
+def experiment_dir(workdir: Path, sweep: str) -> Path:
+    return inside(storage(workdir), sweep)
+
+
+def trial_dir(workdir: Path, spec: TrialSpec, sweep: str) -> Path:
+    return inside(experiment_dir(workdir, sweep), spec.dirname)
+
+
+def make_private(folder: Path) -> None:
+    """Create ``folder`` (and missing parents) owner-only; an existing folder is checked, not changed."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for p in reversed(missing):  # mkdir(parents=True) would give the parents the default mode
+        p.mkdir(mode=0o700, exist_ok=True)
+    check_trusted(folder)
+
+
+def check_trusted(path: Path) -> None:
+    """Refuse a path another user owns or could have written (group/world-writable), the folder itself
+    and every file in it that Tune unpickles."""
+    targets = [path] + ([p for p in path.iterdir() if p.suffix in (".pkl", ".json")] if path.is_dir() else [])
+    for p in targets:
+        st = p.lstat()
+        if st.st_uid != os.getuid():
+            raise UntrustedFolderError(f"refusing to use {p}: owned by uid {st.st_uid}, not by you (uid "
+                                       f"{os.getuid()}); Ray Tune unpickles files from it. Use a work folder you own")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UntrustedFolderError(f"refusing to use {p}: writable by group or others (mode "
+                                       f"{stat.S_IMODE(st.st_mode):o}); Ray Tune unpickles files from it. "
+                                       f"Fix it with: chmod go-w {p}")
+
+
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, before anything is written, when the Ray cluster's address does not answer."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto":
+        return
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as err:
+        raise AloreError(f"cannot reach the Ray cluster at {address}: {type(err).__name__}: {err} "
+                         "(check --address / RAY_ADDRESS, e.g. HEAD_IP:6379)") from None
+
+
+def start_ray(address: str | None, log_dir: Path | None = None) -> None:
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Checkpointing every epoch is deliberate (resume); Tune's warning about it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")  # a busy 2-core laptop is not a Tune bottleneck
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": False}
+    if log_dir is not None:
+        # Ray's own warnings (e.g. "Token authentication is enabled") go to a file, not into the progress line.
+        log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_dir / "ray-driver.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in ("ray", "ray.tune", "ray.train"):
+            logger = logging.getLogger(name)
+            logger.handlers[:] = [handler]
+            logger.setLevel(logging.WARNING)
+            logger.propagate = False
+    with _stderr_to(log_dir / "ray-driver.log" if log_dir else None):
+        _init(address, kwargs)
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path | None) -> Iterator[None]:
+    """Ray's start-up writes to file descriptor 2 from C++ and from the processes it spawns; those lines
+    belong in the work folder's log, not in the terminal's progress display."""
+    if path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.dup2(fd, 2)
+        with open(path, "a") as text, contextlib.redirect_stderr(text):  # Python-level writes too
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
+
+
+def _init(address: str | None, kwargs: dict[str, Any]) -> None:
+    if address:
+        check_address(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise AloreError(f"cannot reach the Ray cluster at {address}: {first} (check the address; a cluster "
+                             "with token authentication also needs RAY_AUTH_MODE=token and its token)") from None
+    else:
+        # "local": always a new embedded instance, never a cluster someone started with `ray start`.
+        # Ray 2.60 binds its gRPC servers to 0.0.0.0 (a node address of 127.0.0.1 is rewritten to the
+        # host's IP by ray._private.services.resolve_ip_for_localhost); token authentication, which Ray
+        # turns on, is what keeps other hosts out. No dashboard.
+        ray.init(address="local", include_dashboard=False, **kwargs)
+
+
+def slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """Trials the cluster can run at once with these resources (at least 1)."""
+    res = ray.cluster_resources()
+    fits = [res.get("CPU", 1) / cpus_per_trial] + ([res.get("GPU", 0) / gpus_per_trial] if gpus_per_trial else [])
+    return max(1, int(min(fits) + 1e-9))
+
+
+class Events(tune.Callback):
+    """Forwards Tune's trial events to the driver. Tune pickles its callbacks with the run config and
+    hands the unpickled copy back on ``Tuner.restore``; the live receiver is therefore looked up at call
+    time (:data:`RECEIVER`), never pickled."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if RECEIVER is not None:
+            RECEIVER.started(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if RECEIVER is not None:
+            RECEIVER.result(trial, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if RECEIVER is not None:
+            RECEIVER.ended(trial, None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if RECEIVER is not None:
+            error = getattr(trial, "error_file", None)
+            RECEIVER.ended(trial, _last_line(error) or "the trial failed")
+
+
+RECEIVER: Any = None
+
+
+def _last_line(path: str | None) -> str | None:
+    try:
+        lines = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()] if path else []
+    except OSError:
+        return None
+    return lines[-1][:300] if lines else None
+
+
+def trial_dirname(trial: Any) -> str:
+    return TrialSpec.from_config(trial.config).dirname
+
+
+def check_experiment(workdir: Path, sweep: str, restore: bool) -> None:
+    """Before Ray starts: an existing experiment folder is restored only when allowed and trusted."""
+    path = experiment_dir(workdir, sweep)
+    if path.exists():
+        if not restore:
+            raise AloreError(f"{path} exists but sweep {sweep!r} is not recorded in the database; "
+                             f"remove it or choose another --name")
+        check_trusted(storage(workdir))
+        check_trusted(path)
+
+
+def tuner(plan: SweepPlan, workdir: Path, *, cpus_per_trial: float, gpus_per_trial: float, epochs: int,
+          max_concurrent: int | None, restore: bool) -> tune.Tuner:
+    """The sweep's Tuner: restored (trials, checkpoints, the searcher's state) when ``restore`` and a
+    previous run left one, else new."""
+    path = experiment_dir(workdir, plan.name)
+    make_private(storage(workdir))
+    trainable = tune.with_resources(run_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    if path.exists():
+        check_experiment(workdir, plan.name, restore)
+        if tune.Tuner.can_restore(str(path)):
+            # Finished trials stay finished; errored ones resume from their checkpoint.
+            return tune.Tuner.restore(str(path), trainable, resume_errored=True)
+    limit = max_concurrent or slots(cpus_per_trial, gpus_per_trial)
+    scheduler = (ASHAScheduler(metric=METRIC, mode=MODE, max_t=epochs, grace_period=max(1, epochs // 10),
+                               reduction_factor=2, time_attr="epoch") if plan.scheduler == "asha" else FIFOScheduler())
+    # No metric on the TuneConfig: final runs score test, not val200, and the searcher and ASHA know theirs.
+    config = tune.TuneConfig(search_alg=ConcurrencyLimiter(SweepSearcher(plan), limit),
+                             scheduler=scheduler, num_samples=plan.total_trials, reuse_actors=True, trial_dirname_creator=trial_dirname,
+                             trial_name_creator=lambda t: TrialSpec.from_config(t.config).dirname)
+    run = tune.RunConfig(name=plan.name, storage_path=str(storage(workdir)), verbose=0, callbacks=[Events()],
+                         failure_config=tune.FailureConfig(max_failures=2),
+                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+    return tune.Tuner(trainable, tune_config=config, run_config=run)
+
+
+def fit(t: tune.Tuner, receiver: Any) -> None:
+    global RECEIVER
+    RECEIVER = receiver
+    try:
+        t.fit()
+    finally:
+        RECEIVER = None
+
+
+def history(folder: Path) -> list[dict[str, Any]]:
+    """Every epoch a trial reported (Tune's ``result.json``), the latest report per epoch (a retried trial
+    reports some epochs twice)."""
+    rows: dict[int, dict[str, Any]] = {}
+    path = folder / "result.json"
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if "epoch" in row:
+                rows[int(row["epoch"])] = row
+    return [rows[e] for e in sorted(rows)]
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    found = sorted(folder.glob("checkpoint_*"))
+    return found[-1] if found else None
+

@@ -1,0 +1,200 @@
+"""One Tune searcher for the whole sweep: an Optuna study per cell, final runs as soon as a cell's search ends.
+
+Why one experiment with a custom :class:`ray.tune.search.Searcher` rather than a
+Tune experiment per cell: Tune schedules the trials of one experiment on every
+free slot, so every cell is in flight at once without threads driving several
+``Tuner.fit`` loops in one process; a cell's final trials are just the next
+suggestions once its search has completed (``Searcher.suggest`` may return
+``None`` — "nothing right now" — while searches are still running); and one
+``Tuner.restore`` brings back every trial and this searcher's state together,
+because Tune saves both in the same experiment checkpoint.
+
+Optuna is used directly (ask/tell per cell) instead of wrapping one
+``OptunaSearch`` per cell: OptunaSearch cannot be told to skip a point, and
+TPE on a small categorical grid re-suggests points already tried. Here a
+repeated point is told to Optuna as failed and replaced by an untried one, so
+no trial repeats a configuration of its cell. When the budget covers the grid,
+the cell's search is the exhaustive grid. The state saved for restore is JSON
+(the suggestions and their values); the studies are rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import zlib
+from typing import Any
+
+import optuna
+from ray.tune.search import Searcher
+
+from .plan import FINAL, SEARCH, CellPlan, SweepPlan, TrialSpec
+
+METRIC, MODE = "val_acc", "max"
+
+
+def _point(space: dict[str, list], params: dict[str, Any]) -> tuple:
+    return tuple(repr(params[k]) for k in space)
+
+
+class SweepSearcher(Searcher):
+    def __init__(self, plan: SweepPlan) -> None:
+        # No metric for Tune to enforce: final runs report test accuracy, not val200; METRIC is read here.
+        super().__init__(metric=None, mode=None)
+        self.plan = plan
+        self.state: dict[str, Any] = {"cells": {cp.cell.key: {"search": [], "finals": [], "chosen": None,
+                                                              "failed": None} for cp in plan.cells},
+                                      "trials": {}}
+        self._studies: dict[str, optuna.Study] = {}
+        self._asked: dict[tuple[str, int], int] = {}   # (cell key, search index) -> Optuna trial number
+
+    # Live Optuna objects never go into Tune's pickles; they are rebuilt from ``state``.
+    def __getstate__(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["_studies"], data["_asked"] = {}, {}
+        return data
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    # ---- Tune's calls -------------------------------------------------------------------------------
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        for cp in self.plan.cells:  # a cell's final runs first: they are its critical path
+            spec = self._next_final(cp)
+            if spec is not None:
+                return self._issue(trial_id, spec)
+        for cp in self.plan.cells:  # then search trials, costliest cells first
+            st = self._cell(cp)
+            if len(st["search"]) < cp.n_search:
+                return self._issue(trial_id, self._next_search(cp))
+        if all(self._cell(cp)["failed"] or len(self._cell(cp)["finals"]) == len(cp.seeds) for cp in self.plan.cells):
+            return Searcher.FINISHED
+        return None  # searches still running: ask again later
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        where = self.state["trials"].get(trial_id)
+        if where is None:
+            return
+        key, phase, index = where
+        st = self.state["cells"][key]
+        entry = st["search" if phase == SEARCH else "finals"][index]
+        value = (result or {}).get(METRIC)
+        entry["status"] = "failed" if error or (phase == SEARCH and value is None) else "done"
+        if phase == SEARCH:
+            entry["value"] = None if error else value
+            entry["epochs"] = int((result or {}).get("epoch", 0))
+            self._tell(self.plan.cell(_cell_of(self.plan, key)), index, entry)
+        elif error:
+            st["failed"] = st["failed"] or f"final run {entry['seed']} failed"
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump(self.state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            self.state = json.load(f)
+        self._studies, self._asked = {}, {}
+
+    # ---- what the driver may ask ------------------------------------------------------------------
+
+    def chosen(self, cp: CellPlan) -> dict[str, Any] | None:
+        return self._cell(cp)["chosen"]
+
+    # ---- internals ---------------------------------------------------------------------------------
+
+    def _cell(self, cp: CellPlan) -> dict[str, Any]:
+        return self.state["cells"][cp.cell.key]
+
+    def _issue(self, trial_id: str, spec: TrialSpec) -> dict[str, Any]:
+        st = self._cell(self.plan.cell(spec.cell))
+        if spec.phase == SEARCH:
+            st["search"].append({"params": spec.params, "status": "running", "value": None, "epochs": 0})
+            self.state["trials"][trial_id] = [spec.cell.key, SEARCH, spec.index]
+        else:
+            st["finals"].append({"seed": spec.seed, "status": "running"})
+            self.state["trials"][trial_id] = [spec.cell.key, FINAL, spec.index]
+        return spec.to_config()
+
+    def _next_final(self, cp: CellPlan) -> TrialSpec | None:
+        st = self._cell(cp)
+        if st["failed"] or len(st["search"]) < cp.n_search or any(e["status"] == "running" for e in st["search"]):
+            return None
+        if st["chosen"] is None:
+            scored = [(i, e) for i, e in enumerate(st["search"]) if e["status"] == "done" and e["value"] is not None]
+            if not scored:
+                st["failed"] = "every search trial failed"
+                return None
+            full = max(e["epochs"] for _, e in scored)
+            # Selection on val200 only; trials pruned early (ASHA) rank below those that ran every epoch.
+            index, best = max(scored, key=lambda ie: (ie[1]["epochs"] == full, ie[1]["value"], -ie[0]))
+            st["chosen"] = {"index": index, "params": best["params"], "value": best["value"]}
+        if len(st["finals"]) >= len(cp.seeds):
+            return None
+        i = len(st["finals"])
+        return TrialSpec(cp.cell, FINAL, i, cp.seeds[i], dict(st["chosen"]["params"]), cp.run,
+                         chosen_val_acc=st["chosen"]["value"])
+
+    def _next_search(self, cp: CellPlan) -> TrialSpec:
+        st = self._cell(cp)
+        index = len(st["search"])
+        if cp.exhaustive:
+            values = list(itertools.product(*cp.space.values()))[index]
+            params = dict(zip(cp.space, values))
+        else:
+            params = self._ask(cp, index)
+        return TrialSpec(cp.cell, SEARCH, index, cp.seeds[0], params, cp.run)
+
+    def _study(self, cp: CellPlan) -> optuna.Study:
+        key = cp.cell.key
+        if key not in self._studies:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            sampler = optuna.samplers.TPESampler(seed=zlib.crc32(key.encode()))
+            study = optuna.create_study(direction="maximize", sampler=sampler)
+            # Rebuilt after a restore: every finished search trial, as Optuna would have seen it.
+            for e in self._cell(cp)["search"]:
+                if e["status"] == "done" and e["value"] is not None:
+                    study.add_trial(optuna.trial.create_trial(params=e["params"], distributions=_dists(cp),
+                                                              value=e["value"]))
+            self._studies[key] = study
+        return self._studies[key]
+
+    def _ask(self, cp: CellPlan, index: int) -> dict[str, Any]:
+        study = self._study(cp)
+        tried = {_point(cp.space, e["params"]) for e in self._cell(cp)["search"]}
+        trial = study.ask(_dists(cp))
+        if _point(cp.space, trial.params) in tried:
+            # TPE re-suggested a point of this cell: tell Optuna it failed, take an untried point instead.
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            untried = [dict(zip(cp.space, v)) for v in itertools.product(*cp.space.values())
+                       if _point(cp.space, dict(zip(cp.space, v))) not in tried]
+            study.enqueue_trial(random.Random(zlib.crc32(f"{cp.cell.key}/{index}".encode())).choice(untried))
+            trial = study.ask(_dists(cp))
+        self._asked[(cp.cell.key, index)] = trial.number
+        return dict(trial.params)
+
+    def _tell(self, cp: CellPlan, index: int, entry: dict[str, Any]) -> None:
+        if cp.exhaustive:
+            return
+        rebuilt = cp.cell.key not in self._studies  # then the study was built with this entry already in it
+        study = self._study(cp)
+        number = self._asked.pop((cp.cell.key, index), None)
+        if number is None:
+            # Suggested before a restore: the rebuilt study learns it now.
+            if entry["status"] == "done" and not rebuilt:
+                study.add_trial(optuna.trial.create_trial(params=entry["params"], distributions=_dists(cp),
+                                                          value=entry["value"]))
+        elif entry["status"] == "done":
+            study.tell(number, entry["value"])
+        else:
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+
+def _dists(cp: CellPlan) -> dict[str, optuna.distributions.BaseDistribution]:
+    return {k: optuna.distributions.CategoricalDistribution(v) for k, v in cp.space.items()}
+
+
+def _cell_of(plan: SweepPlan, key: str) -> Any:
+    return next(cp.cell for cp in plan.cells if cp.cell.key == key)

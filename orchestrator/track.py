@@ -1,0 +1,220 @@
+"""Track: MLflow as an observer of recorded results.
+
+Every result reaches the database first (:mod:`orchestrator.record`); this
+layer then mirrors it into MLflow. What is not yet in MLflow is exactly what the
+database holds without an MLflow run id, so the pending queue *is* the database:
+a tracking server that went away, or a driver killed mid-logging, leaves rows
+without ids, and the next run of the sweep (``sweep resume``) logs them. A run
+is complete only once its ``alore.complete`` tag is set, last; a trial run found
+without it is deleted and logged again whole, a cell's run is filled in place.
+
+Layout (same metric names at every level: ``val_acc``, ``test_acc``, ``params_m``):
+
+* ``alore/<sweep>``: a run per cell (``ssf · digits_rot``) with its trials as
+  children (``search 3 · lr=0.01 wd=0.001 do=0.1``, ``final · seed 42``), each with
+  the trial's real start and end time, parameters and per-epoch metrics; the
+  cell run holds the chosen configuration, the result and the final files.
+* ``alore/leaderboard/<backbone>``: the paper's table 2 — one run per method, a
+  metric per task, the group means, ``all_mean`` and ``params_m``, the chosen
+  configuration per task as parameters, the table itself as an artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import db
+
+from .plan import SHORT, Cell, RunSettings, SweepPlan
+from .record import CellResult, TrialOutcome
+from .tracking import Tracker, TrackingUnavailable
+
+RETRY_AFTER_S = 60.0  # after a failure, calls are skipped (left pending) for this long
+
+
+def experiment_name(sweep: str) -> str:
+    return f"alore/{sweep}"
+
+
+def leaderboard_name(backbone: str) -> str:
+    return f"alore/leaderboard/{backbone}"
+
+
+def _ms(t: datetime | None) -> int | None:
+    return int(t.timestamp() * 1000) if t else None
+
+
+def compact(params: dict[str, Any]) -> str:
+    return " ".join(f"{SHORT.get(k, k)}={v}" for k, v in params.items())
+
+
+class Background:
+    """One thread that runs MLflow calls in order, off the caller's thread."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="alore-track", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                job()
+            except BaseException as err:  # a bug, not an outage (Track turns those into warnings)
+                self.error = self.error or err
+            finally:
+                self.jobs.task_done()
+        self.jobs.task_done()
+
+    def put(self, job: Callable[[], Any]) -> None:
+        self.jobs.put(job)
+
+    def drain(self) -> None:
+        """Wait for every queued call; re-raise the first bug one of them hit."""
+        self.jobs.join()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=60)
+
+
+class Track:
+    def __init__(self, tracker: Tracker, plan: SweepPlan, warn: Callable[[str], None]) -> None:
+        self.tracker, self.plan, self.warn = tracker, plan, warn
+        self.several_backbones = len({cp.cell.backbone for cp in plan.cells}) > 1
+        self.down_until = 0.0
+        self._experiment: str | None = None
+        self._parents: dict[Cell, str] = {}
+        self.links: dict[str, str] = {}  # experiment name -> id, for the deep links printed at the end
+
+    # ---- guarded entry points: never raise, return None when MLflow is away ------------------------
+
+    def _guard(self, what: str, fn: Callable[[], Any]) -> Any:
+        if time.monotonic() < self.down_until:
+            return None
+        try:
+            return fn()
+        except TrackingUnavailable as err:
+            self.down_until = time.monotonic() + RETRY_AFTER_S
+            self.warn(f"MLflow logging of {what} failed ({err}); the result is in the database and "
+                      f"`alorectl sweep resume {self.plan.name}` will log it")
+            return None
+
+    def trial(self, outcome: TrialOutcome, history: list[dict[str, Any]]) -> str | None:
+        """Log one finished trial as a child of its cell's run; its run id, or None if left pending."""
+        return self._guard(f"{outcome.spec.cell.key}/{outcome.spec.key}", lambda: self._trial(outcome, history))
+
+    def cell(self, result: CellResult) -> str | None:
+        """Complete the cell's run (result, chosen config, final files); its run id, or None if left pending."""
+        return self._guard(result.cell.key, lambda: self._cell(result))
+
+    def leaderboard(self, engine: Any, backbone: str, suite: str) -> bool:
+        return self._guard(f"the {backbone} leaderboard", lambda: self._leaderboard(engine, backbone, suite)) is not None
+
+    # ---- the work ----------------------------------------------------------------------------------
+
+    def experiment(self) -> str:
+        if self._experiment is None:
+            self._experiment = self.tracker.experiment(experiment_name(self.plan.name))
+            self.tracker.describe(self._experiment, (
+                f"Sweep {self.plan.name}: a run per cell (method · task), its search and final trials nested "
+                f"under it. Same numbers on the command line: alorectl sweep status {self.plan.name}"),
+                metrics=["val_acc", "test_acc", "params_m"], params=["lr", "weight_decay", "dropout", "seed"])
+            self.links[experiment_name(self.plan.name)] = self._experiment
+        return self._experiment
+
+    def parent(self, cell: Cell, start_time: int | None = None) -> str:
+        if cell not in self._parents:
+            name = cell.label + (f" · {cell.backbone}" if self.several_backbones else "")
+            tags = {"backbone": cell.backbone, "task": cell.task, "method": cell.method, "sweep": self.plan.name}
+            self._parents[cell] = self.tracker.find_or_create_run(self.experiment(), f"{self.plan.name}/{cell.key}",
+                                                                  name, tags, start_time=start_time)
+        return self._parents[cell]
+
+    def _trial(self, outcome: TrialOutcome, history: list[dict[str, Any]]) -> str:
+        spec = outcome.spec
+        parent = self.parent(spec.cell, _ms(outcome.started_at))
+        tags = {"backbone": spec.cell.backbone, "task": spec.cell.task, "method": spec.cell.method,
+                "sweep": self.plan.name, "protocol": spec.phase}
+        key = f"{spec.cell.key}/{spec.key}"
+        run = self.tracker.fresh_run(self.experiment(), key, spec.run_name, tags, parent=parent,
+                                     start_time=_ms(outcome.started_at))
+        if run is None:  # logged completely before (a replay after the database missed the id)
+            return self.tracker.find_run(self.experiment(), key).info.run_id
+        m = outcome.metrics
+        # val_acc/test_acc come per epoch with the history; the summary adds what the history lacks.
+        logged = {k for row in history for k in row}
+        metrics = {k: m[k] for k in ("val_acc", "test_acc") if m.get(k) is not None and k not in logged}
+        if m.get("trainable_params") is not None:
+            metrics["params_m"] = m["trainable_params"] / 1e6
+        self.tracker.log(run, params={**spec.params, "seed": spec.seed, "protocol": spec.phase,
+                                      "epochs": spec.run.epochs, "weights": spec.run.weights or "random"},
+                         metrics=metrics, history=history, step=int(m.get("epoch", 0)))
+        if outcome.error:
+            self.tracker.log(run, tags={"error": outcome.error[:500]})
+        self.tracker.complete(run, "FAILED" if outcome.status == "failed" else "FINISHED",
+                              end_time=_ms(outcome.finished_at))
+        return run
+
+    def _cell(self, r: CellResult) -> str:
+        parent = self.parent(r.cell)
+        self.tracker.log(parent, params={**r.chosen, "weights": r.config.get("weights") or "random",
+                                         "seeds": ",".join(map(str, r.seeds)), "epochs": r.epochs},
+                         metrics={"val_acc": r.val_acc, "test_acc": r.test_acc_mean, "test_acc_std": r.test_acc_std,
+                                  "params_m": r.trainable_params / 1e6})
+        if r.artifact_dir is not None and Path(r.artifact_dir).is_dir():
+            self.tracker.artifacts(parent, Path(r.artifact_dir), "final")
+        self.tracker.complete(parent)
+        return parent
+
+    def _leaderboard(self, engine: Any, backbone: str, suite: str) -> bool:
+        """One run per method, updated in place as results arrive: the runs table is the paper's table 2."""
+        from .leaderboard_view import build
+
+        board = build(engine, backbone, suite)
+        experiment = self.tracker.experiment(leaderboard_name(backbone))
+        records = db.to_records(board)
+        columns = list(dict.fromkeys(t for rec in records for t in rec["tasks"]))
+        groups = list(dict.fromkeys(f"mean_{g.lower()}" for rec in records for g in rec["group_means"]))
+        self.tracker.describe(experiment, (
+            f"{backbone}: the paper's table 2. One run per method: top-1 test accuracy (%) per task, the group "
+            f"means, all_mean and params_m; ranked by all_mean. Same table on the command line: "
+            f"alorectl leaderboard --backbone {backbone} --suite {suite}"),
+            metrics=[*columns, *groups, "params_m"], order_by="all_mean")
+        self.links[leaderboard_name(backbone)] = experiment
+        with tempfile.TemporaryDirectory(prefix="alore-board-") as tmp:
+            (Path(tmp) / f"{backbone}.md").write_text(db.to_markdown(board) + "\n")
+            (Path(tmp) / f"{backbone}.csv").write_text(db.to_csv(board))
+            for rec in records:
+                method = rec["method"]
+                run = self.tracker.find_or_create_run(experiment, f"{backbone}/{method}", method,
+                                                      {"backbone": backbone, "method": method, "suite": suite})
+                metrics = {task: acc for task, acc in rec["tasks"].items() if acc is not None}
+                metrics.update({f"mean_{g.lower()}": v for g, v in rec["group_means"].items() if v is not None})
+                for key in ("all_mean", "group_mean", "params_m"):
+                    if rec.get(key) is not None:
+                        metrics[key] = rec[key]
+                params = {task: compact({k: v for k, v in cell["config"].items() if k in _searched(cell["config"])})
+                          for task, cell in rec["cells"].items()}
+                self.tracker.log(run, params=params, metrics=metrics,
+                                 tags={"sweep": self.plan.name, "chosen": json.dumps(params)[:5000]})
+                self.tracker.artifacts(run, Path(tmp), "leaderboard")
+                self.tracker.complete(run)
+        return True
+
+
+def _searched(config: dict[str, Any]) -> set[str]:
+    """The searched keys of a stored result config (everything that is not a run setting)."""
+    return set(config) - {f.name for f in dataclasses.fields(RunSettings)}
