@@ -21,7 +21,7 @@ creates or migrates it) and find rows with :mod:`db.lookup`::
     row = find_result(engine, "vit_b", "cifar", "best")   # chosen by val accuracy
 """
 
-from db.errors import (
+from alorectl.db.errors import (
     DatabaseError,
     DatabaseNotFoundError,
     DatabaseUnavailableError,
@@ -30,12 +30,12 @@ from db.errors import (
     SweepNotFoundError,
     UnknownResultError,
 )
-from db.leaderboard import Leaderboard, leaderboard, to_csv, to_json, to_markdown, to_records, to_rows
-from db.lookup import find_result, result_backbones, result_suites, result_tasks
-from db.session import Bind, connect, open_existing, sessions
-from db.status import SweepStatus, TrialRow, results_of, sweep_config, sweep_names, sweep_status, sweep_trials
-from db.urls import mask_url, parse_db_url
-from db.writes import (record_result, record_trial, set_cell_status, set_result_run, set_sweep_status, upsert_cell,
+from alorectl.db.leaderboard import Leaderboard, leaderboard, to_csv, to_json, to_markdown, to_records, to_rows
+from alorectl.db.lookup import find_result, result_backbones, result_suites, result_tasks
+from alorectl.db.session import Bind, connect, open_existing, sessions
+from alorectl.db.status import SweepStatus, TrialRow, results_of, sweep_config, sweep_names, sweep_status, sweep_trials
+from alorectl.db.urls import mask_url, parse_db_url
+from alorectl.db.writes import (record_result, record_trial, set_cell_status, set_result_run, set_sweep_status, upsert_cell,
                        upsert_sweep)
 
 __all__ = [

@@ -1,5 +1,5 @@
-"""``python -m db revision -m MSG`` / ``python -m db check``: schema tools for developers."""
+"""``python -m alorectl.db revision -m MSG`` / ``python -m alorectl.db check``: schema tools for developers."""
 
-from db.migrate import main
+from alorectl.db.migrate import main
 
 main()

@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 from sqlalchemy import func, select
 
-from db.models import Result, Sweep, as_utc
-from db.session import Bind, read_scope
+from alorectl.db.models import Result, Sweep, as_utc
+from alorectl.db.session import Bind, read_scope
 
 ColumnKind = Literal["task", "group", "all_mean", "group_mean", "params"]
 

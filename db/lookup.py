@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.errors import SweepNotFoundError, UnknownResultError
-from db.models import Result, Sweep
-from db.session import Bind, read_scope
+from alorectl.db.errors import SweepNotFoundError, UnknownResultError
+from alorectl.db.models import Result, Sweep
+from alorectl.db.session import Bind, read_scope
 
 #: The ``method`` that asks for the method with the best val accuracy.
 BEST = "best"

@@ -6,8 +6,8 @@ database (:func:`db.session.connect` calls :func:`upgrade`), so there is no
 
 Developers change the schema by editing :mod:`db.models`, then::
 
-    python -m db revision -m "add foo to result"   # autogenerate
-    python -m db check                              # models == migrations
+    python -m alorectl.db revision -m "add foo to result"   # autogenerate
+    python -m alorectl.db check                              # models == migrations
 
 and review the new file in ``db/migrations/versions``.
 """
@@ -27,8 +27,8 @@ from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, text
 
-from db.errors import SchemaVersionError
-from db.urls import mask_url
+from alorectl.db.errors import SchemaVersionError
+from alorectl.db.urls import mask_url
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 

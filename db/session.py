@@ -38,9 +38,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from db.errors import DatabaseNotFoundError, DatabaseUnavailableError, SchemaVersionError
-from db.migrate import alembic_config, head_revision, upgrade
-from db.urls import mask_text, mask_url, parse_db_url
+from alorectl.db.errors import DatabaseNotFoundError, DatabaseUnavailableError, SchemaVersionError
+from alorectl.db.migrate import alembic_config, head_revision, upgrade
+from alorectl.db.urls import mask_text, mask_url, parse_db_url
 
 log = logging.getLogger(__name__)
 

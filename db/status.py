@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy import and_, case, func, select
 
-from db.errors import SweepNotFoundError
-from db.models import CELL_STATUSES, Cell, Result, Sweep, Trial, as_utc
-from db.session import Bind, read_scope
+from alorectl.db.errors import SweepNotFoundError
+from alorectl.db.models import CELL_STATUSES, Cell, Result, Sweep, Trial, as_utc
+from alorectl.db.session import Bind, read_scope
 
 
 @dataclass(frozen=True)

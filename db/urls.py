@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from db.errors import DatabaseURLError
+from alorectl.db.errors import DatabaseURLError
 
 #: The backends the idempotent upserts are written for (dialect-specific
 #: ``INSERT ... ON CONFLICT``); anything else is refused up front.

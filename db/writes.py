@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from db.models import (
+from alorectl.db.models import (
     CELL_STATUSES,
     SWEEP_STATUSES,
     TRIAL_PROTOCOLS,
@@ -39,8 +39,8 @@ from db.models import (
     as_utc,
     utcnow,
 )
-from db.session import Bind, dialect_name, write_scope
-from db.urls import mask_text, scrub_secrets
+from alorectl.db.session import Bind, dialect_name, write_scope
+from alorectl.db.urls import mask_text, scrub_secrets
 
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from alore.errors import AloreError
-from db.errors import DatabaseError
+from alorectl.db.errors import DatabaseError
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)

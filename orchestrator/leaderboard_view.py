@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import db
+from alorectl import db
 from alore.data import DEMO_TASKS, FGVC_DATASETS, SUITES, VTAB_TASKS
 from alore.errors import AloreError, UnknownChoiceError
 

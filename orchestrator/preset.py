@@ -2,7 +2,7 @@
 
 A user adds a preset by dropping a YAML file in ``sweeps/`` or passing its path.
 Everything a trial would trip over later is checked here, before Ray starts:
-names (the one safe pattern of :mod:`orchestrator.names`), every section's
+names (the one safe pattern of :mod:`alorectl.names`), every section's
 shape and types, the train section by :class:`alore.train.TrainConfig`'s rules,
 and every point of every method's grid through the method's own config class.
 Each mistake is one line naming the file, the key, the bad value and what is

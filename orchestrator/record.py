@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import db
+from alorectl import db
 
 from .plan import FINAL, SEARCH, Cell, CellPlan, SweepPlan, TrialSpec
 

@@ -2,7 +2,7 @@
 
 The experiment lives in ``<workdir>/ray/<sweep>``; a trial's folder is named by
 its spec (``<backbone>__<task>__<method>__search-03``). The searcher
-(:mod:`orchestrator.searcher`) hands out search trials of every cell, costliest
+(:mod:`alorectl.searcher`) hands out search trials of every cell, costliest
 first, and a cell's final trials as soon as its search ends; Ray places them on
 whatever slot is free. ``ConcurrencyLimiter`` is the one bound on trials in
 flight (``--max-concurrent-trials``; by default the cluster's slots), which is

@@ -1,9 +1,9 @@
 """The sweep driver: plan → run → record → track.
 
-    preset + flags ──plan──> SweepPlan (cells, trial specs)          orchestrator.plan
-                   ──run───> one Tune experiment, every cell at once  orchestrator.run / searcher / trial
-                   ──record> database rows, each written once         orchestrator.record
-                   ──track─> MLflow, mirroring what was recorded      orchestrator.track
+    preset + flags ──plan──> SweepPlan (cells, trial specs)          alorectl.plan
+                   ──run───> one Tune experiment, every cell at once  alorectl.run / searcher / trial
+                   ──record> database rows, each written once         alorectl.record
+                   ──track─> MLflow, mirroring what was recorded      alorectl.track
 
 Each cell (backbone × task × method) is searched on the ``search`` protocol
 (train800 → val200), then its best configuration (chosen on val200 only) is
@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import db
+from alorectl import db
 from alore.data import DEMO_TASKS, task_info, write_demo_dataset
 from alore.errors import AloreError, DataError
-from db.urls import mask_text, mask_url
+from alorectl.db.urls import mask_text, mask_url
 
 from . import defaults, names, run
 from . import plan as planning

@@ -1,6 +1,6 @@
 """Track: MLflow as an observer of recorded results.
 
-Every result reaches the database first (:mod:`orchestrator.record`); this
+Every result reaches the database first (:mod:`alorectl.record`); this
 layer then mirrors it into MLflow. What is not yet in MLflow is exactly what the
 database holds without an MLflow run id, so the pending queue *is* the database:
 a tracking server that went away, or a driver killed mid-logging, leaves rows
@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import db
+from alorectl import db
 
 from .plan import SHORT, Cell, RunSettings, SweepPlan
 from .record import CellResult, TrialOutcome

@@ -6,7 +6,7 @@ never need the tracking URI (so the Ray pitfall of trials logging to a local
 ``mlruns`` cannot happen). Every write is keyed by tags and safe to repeat: a
 resumed sweep finds its runs again instead of duplicating them.
 
-What is logged where is :mod:`orchestrator.track`; this module is the guarded
+What is logged where is :mod:`alorectl.track`; this module is the guarded
 client: every failure becomes :class:`TrackingUnavailable` with no credentials.
 """
 
@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from db.urls import mask_text
+from alorectl.db.urls import mask_text
 
 # A tracking server that went away should cost seconds, not MLflow's default minutes of retries:
 # the sweep goes on and the cell is logged later (see orchestrator.track).

@@ -16,7 +16,7 @@ from alore import analysis
 from alore.analysis.attention import HEADER_PX, MIN_CELL_PX
 from alore.artifacts import write_run_files
 from alore.train import TrainConfig, fit
-from orchestrator.cli import app
+from alorectl.cli import app
 
 runner = CliRunner()
 
@@ -138,7 +138,7 @@ def test_tsne_cli_two_methods_prints_finite_scores(runs, demo_dir, tmp_path) -> 
 @pytest.fixture(scope="module")
 def workdir(runs, demo_dir, tmp_path_factory):
     """A work folder as a finished sweep leaves it: a leaderboard row pointing at the cell's files and an MLflow run."""
-    import db
+    from alorectl import db
     from mlflow import MlflowClient
 
     work = tmp_path_factory.mktemp("work")

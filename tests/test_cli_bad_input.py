@@ -20,7 +20,7 @@ import huggingface_hub.constants
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from alorectl.cli import app
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ import click
 import typer
 import yaml
 
-from orchestrator.cli import app
+from alorectl.cli import app
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 

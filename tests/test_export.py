@@ -23,11 +23,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import db
+from alorectl import db
 from alore.artifacts import write_run_files
 from alore.train import TrainConfig, fit
-from orchestrator.cli import app
-from orchestrator.defaults import db_url
+from alorectl.cli import app
+from alorectl.defaults import db_url
 
 runner = CliRunner()
 STRETCHED = (64, 32)  # width, height

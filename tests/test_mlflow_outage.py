@@ -15,9 +15,9 @@ import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from orchestrator import preset as presets
-from orchestrator.cli import app
-from orchestrator.sweep import Hooks, Settings, run_sweep
+from alorectl import preset as presets
+from alorectl.cli import app
+from alorectl.sweep import Hooks, Settings, run_sweep
 
 runner = CliRunner()
 SECRET = "S3cretPw"
@@ -80,7 +80,6 @@ def test_mlflow_outage_mid_sweep(tmp_path, tiny) -> None:
     warnings: list[str] = []
 
     def kill_after_first(cell, result) -> None:
-        nonlocal server
         if server.poll() is None:
             stop(server)
 
@@ -135,7 +134,7 @@ def test_a_run_cut_short_after_create_run_is_redone_not_completed_empty(tmp_path
     log that run whole (params, one val_acc step per epoch), never mark the empty run finished."""
     import ray
 
-    from orchestrator.tracking import Tracker, TrackingUnavailable
+    from alorectl.tracking import Tracker, TrackingUnavailable
 
     work = tmp_path / "work"
     real_log = Tracker.log
@@ -148,7 +147,7 @@ def test_a_run_cut_short_after_create_run_is_redone_not_completed_empty(tmp_path
         return real_log(self, run_id, params=params, **kwargs)
 
     monkeypatch.setattr(Tracker, "log", flaky_log)
-    monkeypatch.setattr("orchestrator.track.RETRY_AFTER_S", 0.0)
+    monkeypatch.setattr("alorectl.track.RETRY_AFTER_S", 0.0)
     settings = Settings.embedded("cut", work)
     try:
         run_sweep(presets.load(str(tiny)), settings, Hooks())

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import alore
-from orchestrator.cli import app
+from alorectl.cli import app
 
 runner = CliRunner()
 

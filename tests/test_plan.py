@@ -10,10 +10,10 @@ import pytest
 from ray.tune.search import Searcher
 from typer.testing import CliRunner
 
-from orchestrator import plan as planning
-from orchestrator import preset as presets
-from orchestrator.cli import app
-from orchestrator.searcher import SweepSearcher
+from alorectl import plan as planning
+from alorectl import preset as presets
+from alorectl.cli import app
+from alorectl.searcher import SweepSearcher
 
 COSTS = {"vit_b": 1.0, "vit_l": 3.5, "vit_h": 9.5, "demo": 0.01}
 

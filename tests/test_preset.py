@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from alore.errors import ConfigError, UnknownChoiceError
-from orchestrator import preset as presets
-from orchestrator.names import check_name, inside
+from alorectl import preset as presets
+from alorectl.names import check_name, inside
 
 GOOD = {
     "suite": "vtab",
@@ -99,21 +99,14 @@ def test_shipped_presets_load_and_round_trip_through_to_dict(name) -> None:
     assert presets.Preset(**{k: v for k, v in stored.items() if k in fields}) == p
 
 
-def test_preset_dir_finds_the_repository_sweeps_or_installed_package_data(tmp_path, monkeypatch) -> None:
-    assert presets.preset_dir() == presets.REPO_SWEEPS
+def test_presets_come_from_the_installed_package_data() -> None:
+    """``alorectl.sweeps`` is the repository's sweeps/ folder (package-dir); the wheel case is
+    tests/test_packaging.py."""
+    import importlib.resources
+
+    assert presets.preset_dir() == Path(str(importlib.resources.files("alorectl.sweeps")))
+    assert presets.preset_dir().resolve() == presets.REPO_SWEEPS.resolve()
     assert {"demo", "fgvc", "vtab"} <= set(presets.available())
-    package = tmp_path / "alorectl" / "sweeps"
-    package.mkdir(parents=True)
-    (tmp_path / "alorectl" / "__init__.py").write_text("")
-    (package / "__init__.py").write_text("")
-    (package / "mine.yaml").write_text(yaml.safe_dump(GOOD))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        assert presets.preset_dir() == package
-        assert presets.available() == ["mine"] and presets.load("mine").name == "mine"
-    finally:  # the stand-in package must not outlive this test
-        for module in ("alorectl.sweeps", "alorectl"):
-            sys.modules.pop(module, None)
 
 
 def test_method_space_holds_only_what_the_method_uses() -> None:
@@ -151,7 +144,7 @@ def test_warmup_is_ten_percent_and_follows_epochs_unless_set(tmp_path) -> None:
 
 
 def test_cli_flags_are_validated_and_move_a_derived_warmup(tmp_path) -> None:
-    from orchestrator.commands.sweep import apply_flags  # imports Ray, starts nothing
+    from alorectl.commands.sweep import apply_flags  # imports Ray, starts nothing
 
     p = presets.load(write(tmp_path, with_(train={"epochs": 100, "batch_size": 32})))
     assert apply_flags(p, epochs=30).warmup_epochs == 3

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import alore
-from orchestrator.cli import app
+from alorectl.cli import app
 from test_ui_browser import browser  # noqa: F401  (the headless Chromium fixture)
 
 runner = CliRunner()
@@ -250,7 +250,7 @@ def test_the_ui_opens_the_sweeps_leaderboard_as_the_ranked_table(swept, browser,
     from test_ui_browser import read_runs_table
     from ui_utils import running_ui
 
-    from orchestrator.ui_links import VIEW_ID, experiment_url
+    from alorectl.ui_links import VIEW_ID, experiment_url
 
     work, _, _ = swept
     uri = f"sqlite:///{work / 'mlflow.db'}"

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import alore
 from alore.backbones import BACKBONES
 from alore.train import Callbacks, TrainConfig, fit, lr_at
-from orchestrator.cli import app
+from alorectl.cli import app
 
 runner = CliRunner()
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import db
-from orchestrator.cli import app
+from alorectl import db
+from alorectl.cli import app
 
 runner = CliRunner()
 
@@ -104,7 +104,7 @@ def test_names_that_could_escape_the_work_folder_are_refused(tmp_path, demo_dir,
 
 
 def test_new_work_folders_are_owner_only(tmp_path) -> None:
-    from orchestrator.run import make_private
+    from alorectl.run import make_private
 
     make_private(tmp_path / "w" / "ray")
     for p in (tmp_path / "w", tmp_path / "w" / "ray"):

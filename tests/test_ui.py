@@ -10,7 +10,6 @@ locally without it, a failure under CI.
 from __future__ import annotations
 
 import json
-import os
 import urllib.parse
 import urllib.request
 import uuid
@@ -18,10 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from orchestrator.ui_links import VIEW_ID, experiment_url
+from alorectl.ui_links import VIEW_ID, experiment_url
 from ui_utils import alorectl, cmdline, free_port, make_leaderboard_store, process_tree, running_ui
 
-PG_ENV = "ALORE_TEST_POSTGRES_URL"
 
 
 # ---------------------------------------------------------------- flags
@@ -57,7 +55,7 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
 def test_ui_becomes_the_mlflow_server(ui_server) -> None:
     ui, _, _ = ui_server
     assert "-m mlflow server" in cmdline(ui.proc.pid)  # the pid alorectl started with: exec'd, no idle parent
-    assert not [p for p in process_tree(ui.proc.pid) if "orchestrator" in cmdline(p)]
+    assert not [p for p in process_tree(ui.proc.pid) if "alorectl.cli" in cmdline(p)]
 
 
 def test_one_worker_and_no_queue_consumers(ui_server) -> None:
@@ -111,30 +109,6 @@ def test_http_tracking_uri_prints_links_without_the_password(ui_server, via: str
 
 
 # ---------------------------------------------------------------- a store URI with a password (PostgreSQL)
-
-
-@pytest.fixture
-def scratch_postgres_url() -> Iterator[str]:
-    """A fresh database on the test server, as the db/ suite makes them (skip locally / fail under CI)."""
-    url = os.environ.get(PG_ENV)
-    if not url:
-        message = f'{PG_ENV} is not set; run: eval "$(.ci/postgres.sh)"'
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL tests cannot be skipped under CI: {message}", pytrace=False)
-        pytest.skip(message)
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"alore_ui_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield make_url(url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.mark.parametrize("via", ["flag", "env"])

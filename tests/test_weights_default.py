@@ -21,7 +21,7 @@ import alore
 from alore import backbones
 from alore.errors import WeightsError
 from alore.train import TrainConfig, fit
-from orchestrator.cli import app
+from alorectl.cli import app
 
 runner = CliRunner()
 TAG = "test_vit.r160_in1k"  # timm's tiny real ViT and its pretrained tag (repo timm/test_vit.r160_in1k)

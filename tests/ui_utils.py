@@ -1,7 +1,7 @@
 """Shared by the ``alorectl ui`` tests: a tiny leaderboard store and a UI started as a real process.
 
 The store is laid out like the sweep's ``alore/leaderboard/<backbone>``
-experiment (:mod:`orchestrator.track`): one FINISHED run per method, named by
+experiment (:mod:`alorectl.track`): one FINISHED run per method, named by
 the method, with a metric per task, the group mean, ``all_mean``, ``params_m``
 and the chosen configuration per task as parameters.
 """
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-ALORECTL = [sys.executable, "-m", "orchestrator.cli"]
+ALORECTL = [sys.executable, "-m", "alorectl.cli"]
 TASKS = ("digits", "digits_rot", "digits_loc")
 #: method -> all_mean rank order is alore > lora > bitfit (the deep link sorts by it).
 METHODS = {"alore": 90.0, "lora": 85.0, "bitfit": 80.0}
@@ -57,7 +57,7 @@ def make_leaderboard_store(uri: str, backbone: str = "demo", with_view: bool = T
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    from orchestrator.ui_links import setup_experiment
+    from alorectl.ui_links import setup_experiment
 
     client = MlflowClient(uri)
     client.create_experiment("someone-else")  # not alore's: `alorectl ui` must not list it

@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
-from db.models import Base
+from alorectl.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

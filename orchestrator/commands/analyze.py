@@ -88,7 +88,7 @@ def _from_folder(folder: Path) -> tuple[analysis.AdapterInfo, dict[str, Any], di
 def _from_store(workdir: Path, db_flag: str | None, backbone: str, task: str, method: str,
                 sweep: str | None) -> tuple[Path, Any]:
     """(cell folder, result row) from the leaderboard database; never creates one."""
-    import db
+    from alorectl import db
 
     url = db_url(workdir, db_flag)
     if db_flag is None and not (workdir / "leaderboard.db").is_file():
@@ -198,14 +198,14 @@ def log_to_mlflow(workdir: Path, flag: str | None, run_id: str | None, paths: li
     """Attach ``paths`` to the cell's MLflow run under ``analysis/``; one warning line if that fails."""
     if run_id is None:
         return
-    from db.urls import mask_text
+    from alorectl.db.urls import mask_text
 
     uri = resolve_tracking_uri(workdir, flag)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         warn(f"MLflow store {mask_text(uri)} not found; the analysis is kept locally only")
         return
     try:
-        import orchestrator.tracking  # noqa: F401  (short HTTP retries: an absent server costs seconds)
+        import alorectl.tracking  # noqa: F401  (short HTTP retries: an absent server costs seconds)
         from mlflow import MlflowClient
 
         client = MlflowClient(uri)

@@ -88,7 +88,7 @@ def sweep(
     """One multi-cell demo sweep on 1 and on 2 trial slots: makespan, slot occupancy, speedup, overhead."""
     from alore.data import DEMO_TASKS
     from alore.methods import get_method
-    from orchestrator.sweep_bench import bench_sweep
+    from alorectl.sweep_bench import bench_sweep
 
     task_list, method_list = split_csv(tasks), split_csv(methods)
     for t in task_list:

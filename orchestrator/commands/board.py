@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-import db
+from alorectl import db
 
 from ..app import console
 
@@ -22,7 +22,7 @@ def board_table(board: Any, backbone: str, suite: str) -> Table:
 
 
 def print_board(engine: Any, backbone: str, suite: str) -> None:
-    from orchestrator.leaderboard_view import build
+    from alorectl.leaderboard_view import build
 
     board = build(engine, backbone, suite)
     if board.rows:

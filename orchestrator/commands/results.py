@@ -22,11 +22,11 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy import Engine
 
-import db
+from alorectl import db
 from alore.backbones import create_backbone, data_config, resolve
 from alore.data import SUITES, Preprocess
 from alore.errors import AloreError, UnknownChoiceError
-from orchestrator.leaderboard_view import build, check_choices
+from alorectl.leaderboard_view import build, check_choices
 
 from .. import defaults
 from ..app import console, fail

@@ -13,13 +13,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-import db
+from alorectl import db
 from alore.errors import ConfigError, UnknownChoiceError
-from orchestrator import plan as planning
-from orchestrator import preset as presets
-from orchestrator.sweep import Hooks, Settings, make_plan, run_sweep
-from orchestrator.timing import timing
-from orchestrator.ui_links import VIEW_ID, experiment_url
+from alorectl import plan as planning
+from alorectl import preset as presets
+from alorectl.sweep import Hooks, Settings, make_plan, run_sweep
+from alorectl.timing import timing
+from alorectl.ui_links import VIEW_ID, experiment_url
 
 from ..app import App, console, print_json, split_csv
 from .board import print_board

@@ -1,7 +1,7 @@
 """``alorectl ui``: the MLflow UI on a sweep's tracking store.
 
 The command prints a deep link per ``alore/*`` experiment (straight into the
-runs table, see :mod:`orchestrator.ui_links`) and then *becomes* ``mlflow
+runs table, see :mod:`alorectl.ui_links`) and then *becomes* ``mlflow
 server`` (``os.execvpe``): no idle ``alorectl`` parent holding the CLI's
 imports while the UI runs.
 
@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import typer
 
 from alore.errors import AloreError, ConfigError
-from db.urls import mask_text
+from alorectl.db.urls import mask_text
 
 from .. import defaults
 from .common import DEFAULT_WORKDIR, TrackingUri, Workdir

@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from db import connect
-from db.models import Cell, Result, Sweep, Trial
-from db.writes import record_result, record_trial, set_cell_status, upsert_cell, upsert_sweep
+from alorectl.db import connect
+from alorectl.db.models import Cell, Result, Sweep, Trial
+from alorectl.db.writes import record_result, record_trial, set_cell_status, upsert_cell, upsert_sweep
 
 WRITERS = 8
 CELLS = [("vit_b", task, method) for task in ("cifar", "dtd") for method in ("alore", "lora")]
@@ -57,7 +57,7 @@ def test_eight_concurrent_writers(db_url: str) -> None:
     # fork from a clean server that imported db/ once (eight cold imports
     # cost seconds on a 2-core CI box) and share no engine with this process.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["db"])
+    ctx.set_forkserver_preload(["alorectl.db"])
     barrier, errors = ctx.Barrier(WRITERS), ctx.Queue()
     procs = [ctx.Process(target=_writer, args=(db_url, w, barrier, errors)) for w in range(WRITERS)]
     for p in procs:

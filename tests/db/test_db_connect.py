@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from db import DatabaseUnavailableError, DatabaseURLError, connect, mask_url, parse_db_url
-from db.urls import mask_text, scrub_secrets
-from db.writes import record_result, upsert_sweep
+from alorectl.db import DatabaseUnavailableError, DatabaseURLError, connect, mask_url, parse_db_url
+from alorectl.db.urls import mask_text, scrub_secrets
+from alorectl.db.writes import record_result, upsert_sweep
 
 SECRET = "s3cr3t-Pa55"
 

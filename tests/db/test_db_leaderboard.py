@@ -10,9 +10,9 @@ from statistics import mean
 import pytest
 from sqlalchemy import Engine
 
-from db import find_result, leaderboard, to_csv, to_json, to_markdown, to_records, to_rows
-from db.leaderboard import detail_rows
-from db.writes import record_result, upsert_sweep
+from alorectl.db import find_result, leaderboard, to_csv, to_json, to_markdown, to_records, to_rows
+from alorectl.db.leaderboard import detail_rows
+from alorectl.db.writes import record_result, upsert_sweep
 
 GROUPS = {
     "cifar": "Natural",

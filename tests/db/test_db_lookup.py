@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from db import (
+from alorectl.db import (
     DatabaseNotFoundError,
     SchemaVersionError,
     SweepNotFoundError,
@@ -21,7 +21,7 @@ from db import (
     result_suites,
     result_tasks,
 )
-from db.writes import record_result, upsert_sweep
+from alorectl.db.writes import record_result, upsert_sweep
 
 
 def _result(engine: Engine, sweep: str, method: str, *, test: float, val: float | None, task: str = "cifar",

@@ -13,10 +13,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
-from db import SchemaVersionError, connect, leaderboard, sweep_names
-from db.migrate import alembic_config, current_revision, head_revision, upgrade
-from db.models import Base
-from db.writes import upsert_sweep
+from alorectl.db import SchemaVersionError, connect, leaderboard, sweep_names
+from alorectl.db.migrate import alembic_config, current_revision, head_revision, upgrade
+from alorectl.db.models import Base
+from alorectl.db.writes import upsert_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"sweep", "cell", "trial", "result", "alembic_version"}

@@ -7,8 +7,8 @@ import json
 import pytest
 from sqlalchemy import Engine
 
-from db import SweepNotFoundError, sweep_names, sweep_status
-from db.writes import record_result, record_trial, set_cell_status, upsert_cell, upsert_sweep
+from alorectl.db import SweepNotFoundError, sweep_names, sweep_status
+from alorectl.db.writes import record_result, record_trial, set_cell_status, upsert_cell, upsert_sweep
 
 
 def test_counts_and_best_so_far(engine: Engine) -> None:

@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
-from db import sessions
-from db.models import Cell, Result, Sweep, Trial
-from db.writes import (
+from alorectl.db import sessions
+from alorectl.db.models import Cell, Result, Sweep, Trial
+from alorectl.db.writes import (
     record_result,
     record_trial,
     set_cell_status,
