@@ -25,7 +25,8 @@ SUPPORTED_BACKENDS = ("sqlite", "postgresql+psycopg")
 
 # scheme://user:password@host — the password is group 2.  Deliberately loose
 # (any scheme) so MLflow/S3/HTTP URIs embedded in configs are caught as well.
-_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)([^@\s]+)(@)")
+# The password runs to the *last* "@" of the authority: a raw "@" inside it (user:pa@ss@host) is masked whole.
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)([^\s/]+)(@)")
 
 
 def parse_db_url(value: str | URL) -> URL:
@@ -67,11 +68,10 @@ def mask_url(url: str | URL) -> str:
     Falls back to a regex mask when the text does not even parse, so an
     error message about a malformed URL cannot leak the password either.
     """
-    try:
-        parsed = url if isinstance(url, URL) else make_url(url)
-    except (ArgumentError, ValueError):
+    if not isinstance(url, URL):
+        # As typed: SQLAlchemy would split a raw "@" inside the password into the host, and show its rest.
         return mask_text(str(url))
-    return parsed.render_as_string(hide_password=True)
+    return url.render_as_string(hide_password=True)
 
 
 def mask_text(text: str) -> str:

@@ -106,6 +106,10 @@ def test_mask_url() -> None:
     assert mask_text(f"tracking http://bob:{SECRET}@mlflow:5000 and s3://k:{SECRET}@b/x") == (
         "tracking http://bob:***@mlflow:5000 and s3://k:***@b/x"
     )
+    # A raw "@" inside the password (not percent-encoded) is masked whole, not up to its first "@".
+    raw = "cannot reach postgresql+psycopg://user:pa@ss@127.0.0.1:1/db"
+    assert mask_text(raw) == "cannot reach postgresql+psycopg://user:***@127.0.0.1:1/db"
+    assert mask_url("postgresql+psycopg://user:pa@ss@127.0.0.1:1/db").count("ss") == 0
 
 
 def test_scrub_secrets_walks_json() -> None:
