@@ -191,7 +191,7 @@ def test_an_unreachable_mlflow_server_warns_once_and_keeps_the_png(runs, demo_di
      "the expert analysis needs an alore or alore_attn adapter; "),
     ("experts", ["--backbone", "demo", "--task", "digits", "--workdir", "{empty}"], "no sweep has run in"),
     ("experts", ["--backbone", "demo", "--task", "digitz", "--workdir", "{work}"],
-     "unknown result (backbone/task/method) 'demo/digitz/alore'; valid choices: demo/digits/alore, demo/digits/lora"),
+     "unknown result 'demo/digitz/alore' (backbone/task/method); valid choices: demo/digits/alore, demo/digits/lora"),
     ("attention", ["--from", "{alore}", "--images", "0"], "--images must be >= 1, got 0"),
     ("attention", ["--from", "{empty}"], "no adapter.safetensors in"),
     ("attention", ["--backbone", "demo", "--task", "digits", "--sweep", "s2", "--workdir", "{work}"],
