@@ -138,7 +138,8 @@ class SweepPlan:
         return next(c for c in self.cells if c.cell == cell)
 
 
-def recorded_spec(plan: SweepPlan, cell: Cell, trial_key: str, seed: int | None, params: dict[str, Any]) -> TrialSpec | None:
+def recorded_spec(plan: SweepPlan, cell: Cell, trial_key: str, seed: int | None,
+                  params: dict[str, Any]) -> TrialSpec | None:
     """The spec of a trial recorded in the database (to finish or log it after a restart); None if the trial
     is not part of ``plan``."""
     try:

@@ -231,7 +231,8 @@ def tuner(plan: SweepPlan, workdir: Path, *, cpus_per_trial: float, gpus_per_tri
                                reduction_factor=2, time_attr="epoch") if plan.scheduler == "asha" else FIFOScheduler())
     # No metric on the TuneConfig: final runs score test, not val200, and the searcher and ASHA know theirs.
     config = tune.TuneConfig(search_alg=ConcurrencyLimiter(SweepSearcher(plan), limit),
-                             scheduler=scheduler, num_samples=plan.total_trials, reuse_actors=True, trial_dirname_creator=trial_dirname,
+                             scheduler=scheduler, num_samples=plan.total_trials, reuse_actors=True,
+                             trial_dirname_creator=trial_dirname,
                              trial_name_creator=lambda t: TrialSpec.from_config(t.config).dirname)
     run = tune.RunConfig(name=plan.name, storage_path=str(storage(workdir)), verbose=0, callbacks=[Events()],
                          failure_config=tune.FailureConfig(max_failures=2),

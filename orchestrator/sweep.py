@@ -62,6 +62,7 @@ class Hooks:
     """What the CLI shows while a sweep runs."""
 
     on_step: Callable[[str], None] = lambda message: None
+    on_plan: Callable[[planning.SweepPlan], None] = lambda plan: None
     on_trial_start: Callable[[planning.TrialSpec], None] = lambda spec: None
     on_trial_done: Callable[[TrialOutcome], None] = lambda outcome: None
     on_cell_done: Callable[[planning.Cell, CellResult], None] = lambda cell, result: None
@@ -266,6 +267,7 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
     hooks = hooks or Hooks()
     hooks.on_step("checking data and weights")
     plan = make_plan(preset, settings)
+    hooks.on_plan(plan)
     if settings.address:
         run.check_address(settings.address)  # seconds, and before anything is written
     if settings.db_url.startswith("sqlite") and not settings.workdir.exists():

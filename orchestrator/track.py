@@ -121,7 +121,8 @@ class Track:
         return self._guard(result.cell.key, lambda: self._cell(result))
 
     def leaderboard(self, engine: Any, backbone: str, suite: str) -> bool:
-        return self._guard(f"the {backbone} leaderboard", lambda: self._leaderboard(engine, backbone, suite)) is not None
+        done = self._guard(f"the {backbone} leaderboard", lambda: self._leaderboard(engine, backbone, suite))
+        return done is not None
 
     # ---- the work ----------------------------------------------------------------------------------
 

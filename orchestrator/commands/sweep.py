@@ -224,8 +224,9 @@ def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
 
         def step(message: str) -> None:
             progress.update(bar, note=message)
-            if message.startswith("running "):
-                progress.update(bar, description="trials", total=int(message.split()[1]))
+
+        def planned(plan: planning.SweepPlan) -> None:
+            progress.update(bar, description="trials", total=plan.total_trials)
 
         def trial_start(spec: planning.TrialSpec) -> None:
             running.add(f"{spec.cell.key}/{spec.key}")
@@ -250,9 +251,9 @@ def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
             progress.console.print(f"  [yellow]warning:[/] {message}", highlight=False)
 
         links: dict[str, str] = {}
-        run_sweep(p, settings, Hooks(on_step=step, on_trial_start=trial_start, on_trial_done=trial_done,
-                                     on_cell_done=cell_done, on_warning=warning, on_links=links.update),
-                  resume=resume)
+        hooks = Hooks(on_step=step, on_plan=planned, on_trial_start=trial_start, on_trial_done=trial_done,
+                      on_cell_done=cell_done, on_warning=warning, on_links=links.update)
+        run_sweep(p, settings, hooks, resume=resume)
     engine = db.connect(settings.db_url)
     for backbone in p.backbones:
         print_board(engine, backbone, p.suite)
