@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import UTC
 from itertools import combinations
 
 import pytest
@@ -137,9 +138,15 @@ def test_mlflow_has_readable_cells_trials_and_the_leaderboard_table(swept) -> No
     assert [m.step for m in history] == list(range(1, EPOCHS + 1)), "per-epoch metrics"
     assert "lr_now" in search_child.data.metrics and "lr" in search_child.data.params
     # The trial run spans the trial's real training time, not the logging time.
+    from datetime import datetime
+
     row = next(t for t in trials(work) if t["mlflow_run_id"] == search_child.info.run_id)
-    assert (search_child.info.end_time - search_child.info.start_time) / 1000 > 1.0
-    assert row["finished_at"] is not None
+
+    def ms(text: str) -> int:  # SQLite keeps UTC without a zone
+        return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+    assert abs(search_child.info.start_time - ms(row["started_at"])) <= 1
+    assert abs(search_child.info.end_time - ms(row["finished_at"])) <= 1
     alore_parent = next(r for r in parents if r.data.tags["method"] == "alore")
     assert {"val_acc", "test_acc", "params_m"} <= set(alore_parent.data.metrics)
     names = {a.path for a in client.list_artifacts(alore_parent.info.run_id, "final")}
@@ -202,6 +209,21 @@ def test_resume_reruns_nothing_and_duplicates_nothing(swept) -> None:
     assert tune_files() == before_files, "no trial ran again"
     unknown = runner.invoke(app, ["sweep", "status", "nope", "--workdir", str(work)])
     assert unknown.exit_code == 2 and "unknown sweep 'nope'; valid choices: tiny" in unknown.stderr
+
+
+def test_grid_search_with_asha_pruning_still_works(swept) -> None:
+    work, preset, _ = swept
+    result = runner.invoke(app, ["sweep", "run", str(preset), "--workdir", str(work), "--name", "asha",
+                                 "--methods", "alore", "--search", "grid", "--scheduler", "asha", "--epochs", "4"])
+    assert result.exit_code == 0, result.output
+    rows = query(work, "SELECT t.protocol, t.status, t.epochs_done, t.config FROM trial t JOIN cell c "
+                       "ON c.id = t.cell_id JOIN sweep s ON s.id = c.sweep_id WHERE s.name = 'asha'")
+    search = [r for r in rows if r[0] == "search"]
+    assert len(search) == 4, "the whole grid: lr 2 x dropout 2"
+    assert len({r[3] for r in search}) == 4 and {r[1] for r in search} <= {"done", "pruned"}
+    assert [r[1] for r in rows if r[0] == "final"] == ["done"]
+    assert query(work, "SELECT c.status FROM cell c JOIN sweep s ON s.id = c.sweep_id "
+                       "WHERE s.name = 'asha'") == [("done",)]
 
 
 @pytest.mark.parametrize("change,message", [
