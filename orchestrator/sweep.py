@@ -88,6 +88,8 @@ def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True) -> tuple[P
         # The demo makes its own data (and demo backbone) in its work folder the first time.
         from alore.demo_backbone import write_demo_weights
 
+        run.make_private(workdir)
+
         write_demo_dataset(root.parent)
         write_demo_weights(root.parent)
     if not root.is_dir():
@@ -100,7 +102,11 @@ def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True) -> tuple[P
         if given == backbones.RANDOM or (given is None and backbones.is_small_test(b)):
             weights[b] = backbones.RANDOM
         elif given in (None, "timm", "hub"):
+            fresh = not workdir.exists()
             weights[b] = str(backbones.fetch_pretrained(b, workdir / "weights"))
+            if fresh:  # created by the fetch: owner-only like every work folder
+                for folder in (workdir, workdir / "weights"):
+                    folder.chmod(0o700)
         else:
             path = Path(fill(given)).expanduser()
             if not path.is_file():
