@@ -55,17 +55,20 @@ class Recorder:
     def __init__(self, engine: Any, sweep_id: int, plan: SweepPlan) -> None:
         self.engine, self.sweep_id, self.plan = engine, sweep_id, plan
         self.cell_ids = {cp.cell: db.upsert_cell(engine, sweep_id, *dataclasses.astuple(cp.cell)) for cp in plan.cells}
-        self.rows = {(Cell(r.backbone, r.task, r.method), r.trial_key): r for r in db.sweep_trials(engine, plan.name)}
+        self.rows: dict[tuple[Cell, str], Any] = {}
         # How each trial ended so far, (status, val_acc); a resumed sweep starts from what was recorded.
-        self.ended = {k: (r.status, r.val_acc) for k, r in self.rows.items() if r.status != "running"}
+        self.ended: dict[tuple[Cell, str], tuple[str, float | None]] = {}
+        self.reload()
         self.finals: dict[Cell, dict[int, TrialOutcome]] = {}
         cells = {Cell(c.backbone, c.task, c.method): c for c in db.sweep_status(engine, plan.name).cells}
         self.done = {cell for cell, c in cells.items() if c.status == "done"}
         self.chosen_val = {cell: c.best_val_acc for cell, c in cells.items()}
 
-    def pending_tracking(self) -> list[Any]:
-        """Recorded trials that ended but are not in MLflow yet."""
-        return [r for r in self.rows.values() if r.status != "running" and not r.mlflow_run_id]
+    def reload(self) -> None:
+        """The sweep's trial rows as the database has them now."""
+        self.rows = {(Cell(r.backbone, r.task, r.method), r.trial_key): r
+                     for r in db.sweep_trials(self.engine, self.plan.name)}
+        self.ended.update({k: (r.status, r.val_acc) for k, r in self.rows.items() if r.status != "running"})
 
     def recorded_final(self, outcome: TrialOutcome) -> None:
         """A final run that ended before a restart counts towards its cell's result."""

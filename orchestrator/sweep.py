@@ -233,6 +233,7 @@ class Driver:
 
     def catch_up(self) -> None:
         """Finals that ended before a restart count for their cell; what MLflow is missing is logged."""
+        self.recorder.reload()
         for row in list(self.recorder.rows.values()):
             cell = planning.Cell(row.backbone, row.task, row.method)
             spec = planning.recorded_spec(self.plan, cell, row.trial_key, row.seed, row.config)
