@@ -138,6 +138,12 @@ class SweepPlan:
         return next(c for c in self.cells if c.cell == cell)
 
 
+def searched_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The searched hyper-parameters of a stored run config (everything that is not a run setting)."""
+    settings = {f.name for f in dataclasses.fields(RunSettings)}
+    return {k: v for k, v in config.items() if k not in settings}
+
+
 def recorded_spec(plan: SweepPlan, cell: Cell, trial_key: str, seed: int | None,
                   params: dict[str, Any]) -> TrialSpec | None:
     """The spec of a trial recorded in the database (to finish or log it after a restart); None if the trial

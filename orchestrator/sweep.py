@@ -259,8 +259,7 @@ class Driver:
                 self.plan.cell(cell)
             except StopIteration:
                 continue
-            chosen = {k: v for k, v in (r["config"] or {}).items()
-                      if k not in {f.name for f in dataclasses.fields(planning.RunSettings)}}
+            chosen = planning.searched_params(r["config"] or {})
             self.log_cell(CellResult(cell, r["suite"], r["test_acc_mean"], r["test_acc_std"] or 0.0, {},
                                      r["val_acc"], r["trainable_params"] or 0, chosen, r["config"] or {},
                                      tuple(r["seeds"] or ()), r["epochs"] or 0,

@@ -21,7 +21,6 @@ Layout (same metric names at every level: ``val_acc``, ``test_acc``, ``params_m`
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import queue
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any
 
 from alorectl import db
 
-from .plan import SHORT, Cell, RunSettings, SweepPlan
+from .plan import SHORT, Cell, SweepPlan, searched_params
 from .record import CellResult, TrialOutcome
 from .tracking import Tracker, TrackingUnavailable
 
@@ -207,15 +206,9 @@ class Track:
                 for key in ("all_mean", "group_mean", "params_m"):
                     if rec.get(key) is not None:
                         metrics[key] = rec[key]
-                params = {task: compact({k: v for k, v in cell["config"].items() if k in _searched(cell["config"])})
-                          for task, cell in rec["cells"].items()}
+                params = {task: compact(searched_params(cell["config"])) for task, cell in rec["cells"].items()}
                 self.tracker.log(run, params=params, metrics=metrics,
                                  tags={"sweep": self.plan.name, "chosen": json.dumps(params)[:5000]})
                 self.tracker.artifacts(run, Path(tmp), "leaderboard")
                 self.tracker.complete(run)
         return True
-
-
-def _searched(config: dict[str, Any]) -> set[str]:
-    """The searched keys of a stored result config (everything that is not a run setting)."""
-    return set(config) - {f.name for f in dataclasses.fields(RunSettings)}

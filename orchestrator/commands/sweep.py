@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Annotated, Any
 
 import click
@@ -19,6 +18,7 @@ from alorectl import plan as planning
 from alorectl import preset as presets
 from alorectl.sweep import Hooks, Settings, make_plan, run_sweep
 from alorectl.timing import timing
+from alorectl.tracking import split_credentials
 from alorectl.ui_links import VIEW_ID, experiment_url
 
 from ..app import App, console, print_json, split_csv
@@ -182,13 +182,6 @@ def _existing(workdir: Path, url: str | None) -> Any:
     return db.open_existing(db_url(workdir, url))
 
 
-def _without_credentials(url: str) -> str:
-    """The server's address without user and password: the browser asks for those itself."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")).geturl()
-
-
 def _duration(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
@@ -260,7 +253,7 @@ def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
     console.print(f"leaderboard: alorectl leaderboard --backbone {p.backbones[0]} --suite {p.suite} "
                   f"--workdir {settings.workdir}", highlight=False)
     server = settings.tracking_uri.startswith(("http://", "https://"))
-    base = _without_credentials(settings.tracking_uri) if server else UI_URL
+    base = split_credentials(settings.tracking_uri) if server else UI_URL
     console.print(f"MLflow UI:   {base}" if server else f"MLflow UI:   alorectl ui --workdir {settings.workdir}   "
                   "then open:", highlight=False)
     for name, experiment_id in sorted(links.items(), key=lambda kv: "leaderboard" not in kv[0]):

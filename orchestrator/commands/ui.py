@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import typer
 
@@ -33,6 +33,7 @@ from alore.errors import AloreError, ConfigError
 from alorectl.db.urls import mask_text
 
 from .. import defaults
+from ..tracking import split_credentials
 from .common import DEFAULT_WORKDIR, TrackingUri, Workdir
 
 PORTS = range(1, 65536)
@@ -52,7 +53,7 @@ def ui(
         raise ConfigError(f"--workers {workers} must be at least 1")
     uri = defaults.tracking_uri(workdir, tracking_uri)
     if urlsplit(uri).scheme in ("http", "https"):
-        server = _without_credentials(uri)
+        server = split_credentials(uri)
         _print_links(server, server)
         typer.echo("the UI is served by that tracking server: open a link above")
         return
@@ -84,16 +85,6 @@ def _print_links(uri: str, base: str) -> None:
         typer.echo("no alore/* experiments in this store yet")
     for name, url in links:
         typer.echo(f"{name}\n  {url}")  # plain echo: a wrapped or re-styled link would not open
-
-
-def _without_credentials(uri: str) -> str:
-    """The server URL without ``user:password@``; those move to the variables MLflow's client reads."""
-    parts = urlsplit(uri)
-    if parts.username is not None:
-        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
-    if parts.password is not None:
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _require_sqlite_file(uri: str) -> None:
