@@ -84,7 +84,14 @@ def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True) -> tuple[P
     if not fetch:  # a plan only (--dry-run): nothing is read, fetched or written
         return root, {b: preset.weights.get(b) or (backbones.RANDOM if backbones.is_small_test(b) else
                                                    f"timm:{backbones.pretrained_tag(b)}") for b in preset.backbones}
-    if not root.exists() and preset.data_root.startswith("{workdir}") and all(t in DEMO_TASKS for t in preset.tasks):
+    demo = not root.exists() and preset.data_root.startswith("{workdir}") and all(t in DEMO_TASKS for t in preset.tasks)
+    for b, given in preset.weights.items():  # before the demo writes anything: a file that is not there
+        path = Path(fill(given)).expanduser()
+        made_by_demo = demo and path.resolve() == (root.parent / "demo.safetensors").resolve()
+        if given not in (backbones.RANDOM, "timm", "hub") and b in preset.backbones and not path.is_file() \
+                and not made_by_demo:
+            raise DataError(f"weights file for {b} not found: {path} (pass --weights {b}=FILE)")
+    if demo:
         # The demo makes its own data (and demo backbone) in its work folder the first time.
         from alore.demo_backbone import write_demo_weights
 

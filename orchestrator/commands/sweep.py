@@ -23,7 +23,8 @@ from alorectl.ui_links import VIEW_ID, experiment_url
 
 from ..app import App, console, print_json, split_csv
 from .board import print_board
-from .common import DEFAULT_WORKDIR, Address, DbUrl, TrackingUri, Workdir, db_url
+from .results import open_results
+from .common import DEFAULT_WORKDIR, Address, DbUrl, TrackingUri, Workdir
 
 
 class ShortcutGroup(TyperGroup):
@@ -129,7 +130,7 @@ def sweep_resume(
     max_concurrent_trials: Annotated[int | None, typer.Option(help="trials in flight at once")] = None,
 ) -> None:
     """Continue a sweep: restore its Tune experiment, finish what is left, log what MLflow is missing."""
-    engine = _existing(workdir, db_flag)
+    engine = open_results(workdir, db_flag)
     stored = db.sweep_config(engine, name)
     uri = stored.get("tracking_uri")
     if tracking_uri is None and uri and "***" in uri:
@@ -150,7 +151,7 @@ def sweep_status(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Where a sweep stands: cells, trials running/done/left, slot occupancy, ETA."""
-    engine = _existing(workdir, db_flag)
+    engine = open_results(workdir, db_flag)
     status = db.sweep_status(engine, name)
     config = db.sweep_config(engine, name)
     t = timing(db.sweep_trials(engine, name), int(config.get("slots") or 1), int(config.get("total_trials") or 0))
@@ -175,11 +176,6 @@ def sweep_status(
     best = status.best
     if best is not None:
         console.print(f"best so far: {best.backbone}/{best.task}/{best.method}", highlight=False)
-
-
-def _existing(workdir: Path, url: str | None) -> Any:
-    """The sweep database, opened without creating it (reading a sweep never writes one)."""
-    return db.open_existing(db_url(workdir, url))
 
 
 def _duration(seconds: float) -> str:
