@@ -151,11 +151,40 @@ def _init(address: str | None, kwargs: dict[str, Any]) -> None:
             raise AloreError(f"cannot reach the Ray cluster at {address}: {first} (check the address; a cluster "
                              "with token authentication also needs RAY_AUTH_MODE=token and its token)") from None
     else:
-        # "local": always a new embedded instance, never a cluster someone started with `ray start`.
-        # Ray 2.60 binds its gRPC servers to 0.0.0.0 (a node address of 127.0.0.1 is rewritten to the
-        # host's IP by ray._private.services.resolve_ip_for_localhost); token authentication, which Ray
-        # turns on, is what keeps other hosts out. No dashboard.
-        ray.init(address="local", include_dashboard=False, **kwargs)
+        # "local": always a new embedded instance, never a cluster someone started with `ray start`. No
+        # dashboard, and every server on the loopback interface only.
+        with _loopback_only():
+            ray.init(address="local", include_dashboard=False, **kwargs)
+
+
+#: Ray's switch for multi-node clusters, off by default on macOS and Windows; with it off a node's address is
+#: 127.0.0.1 (``ray._private.services.get_node_ip_address``).
+SINGLE_HOST_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Start an embedded Ray that listens on 127.0.0.1 only.
+
+    Ray's servers (GCS, raylet, object manager, every worker) bind 127.0.0.1 when the node's address is
+    127.0.0.1, and 0.0.0.0 otherwise; ``ray.init(_node_ip_address="127.0.0.1")`` is rewritten to the host's IP
+    unless Ray runs in the single-host mode it uses on macOS and Windows. That mode is read from the
+    environment when ``ray`` is imported, so both the constant and the variable (inherited by the processes
+    Ray spawns) are set here, for this start only: a later ``ray start`` or a driver of a real cluster must
+    still see the host's IP."""
+    from ray._private import ray_constants
+
+    before_env, before_flag = os.environ.get(SINGLE_HOST_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_HOST_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        if before_env is None:
+            os.environ.pop(SINGLE_HOST_ENV, None)
+        else:
+            os.environ[SINGLE_HOST_ENV] = before_env
 
 
 def slots(cpus_per_trial: float, gpus_per_trial: float) -> int:

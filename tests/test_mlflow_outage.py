@@ -3,11 +3,10 @@ missing logging is reported and `sweep resume` logs it once the server is back, 
 
 from __future__ import annotations
 
-import socket
+import os
+import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,38 +17,14 @@ from typer.testing import CliRunner
 from alorectl import preset as presets
 from alorectl.cli import app
 from alorectl.sweep import Hooks, Settings, run_sweep
+from ui_utils import free_port, start_mlflow_server
 
 runner = CliRunner()
 SECRET = "S3cretPw"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(store: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            MlflowClient(f"http://127.0.0.1:{port}").search_experiments()
-            return proc
-        except Exception:
-            if proc.poll() is not None:
-                raise RuntimeError("mlflow server exited") from None
-            time.sleep(1)
-    proc.kill()
-    raise RuntimeError("mlflow server did not start")
-
-
 def stop(proc: subprocess.Popen) -> None:
-    import os
-    import signal
-
+    """SIGKILL: the server goes away as in an outage, no shutdown of its own."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -73,7 +48,7 @@ def test_mlflow_outage_mid_sweep(tmp_path, tiny) -> None:
     import ray
 
     store, port = tmp_path / "server.db", free_port()
-    server = start_server(store, port)
+    server = start_mlflow_server(store, port)
     # Credentials in the URI (an MLflow server without auth ignores them): they must never be shown or stored.
     uri = f"http://alice:{SECRET}@127.0.0.1:{port}"
     work = tmp_path / "work"
@@ -100,7 +75,7 @@ def test_mlflow_outage_mid_sweep(tmp_path, tiny) -> None:
     assert any("MLflow logging of demo__digits__" in w and "sweep resume outage" in w for w in warnings), warnings
 
     # The server comes back (same store): resume logs what was missing, once.
-    server = start_server(store, port)
+    server = start_mlflow_server(store, port)
     try:
         result = runner.invoke(app, ["sweep", "resume", "outage", "--workdir", str(work), "--tracking-uri", uri])
         assert result.exit_code == 0, result.output

@@ -1,38 +1,338 @@
-"""Security rules that cut across the layers: no credentials in MLflow params or stored configs,
-services on 127.0.0.1 by default, no pickle from artifacts."""
+"""Security, in one module: credentials are never shown or stored, the work folder is a trust boundary (it
+holds Ray Tune's pickles), no name builds a path out of it, services listen on 127.0.0.1 only, nothing is
+unpickled from a file.
+
+Real services throughout: a real sweep on local Ray logging to a real MLflow server and a PostgreSQL
+leaderboard, both URIs carrying a password; a real ``alorectl ui`` process. The PostgreSQL cases use
+``ALORE_TEST_POSTGRES_URL`` like the db/ suite (skipped locally without it, a failure under CI). Every
+refusal happens before anything is unpickled, started or written. The CLI's other bad input is the table
+of tests/test_cli_bad_input.py.
+"""
 
 from __future__ import annotations
 
+import os
+import pickle
+import re
+import stat
+import tempfile
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
 
-from alorectl.tracking import flatten
+import pytest
+import yaml
+from mlflow import MlflowClient
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
+
+from alorectl import db
+from alorectl.cli import app
 from alorectl.db.urls import mask_text
+from alorectl.tracking import flatten
+from ui_utils import (cmdline, free_port, is_loopback, listening, make_leaderboard_store, process_tree,
+                      running_ui, start_mlflow_server, stop)
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_mlflow_params_never_carry_a_password() -> None:
-    params = flatten({"db": "postgresql+psycopg://alice:s3cret@db.internal:5432/alore",
-                      "nested": {"uri": "http://bob:hunter2@mlflow:5000"}})
-    assert "s3cret" not in str(params) and "hunter2" not in str(params)
-    assert params["db"].startswith("postgresql+psycopg://alice:***@db.internal")
+def tiny_preset(demo_dir: Path, **changes) -> dict:
+    return {"suite": "vtab", "data_root": str(demo_dir / "vtab-1k"),
+            "weights": {"demo": str(demo_dir / "demo.safetensors")}, "backbones": ["demo"], "tasks": ["digits"],
+            "methods": ["linear"], **changes}
 
 
-def test_mask_text_hides_the_password() -> None:
-    # What a sweep stores (rows, MLflow params, files) is checked after a real sweep with a password in
-    # tests/test_mlflow_outage.py; `alorectl ui` listening on 127.0.0.1 only in tests/test_ui.py.
-    assert "hunter2" not in mask_text("http://bob:hunter2@mlflow:5000")
+# ---------------------------------------------------------------- passwords
+
+
+class Watch(threading.Thread):
+    """While a command runs in this process (CliRunner runs it in-process, so this process is the driver):
+    every command line and every listening socket of this process and all it starts (Ray's GCS, raylet,
+    workers), sampled every 0.2 s."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.cmdlines: set[str] = set()
+        self.sockets: set[tuple[str, int]] = set()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.2):
+            tree = process_tree(os.getpid())
+            self.cmdlines.update(cmdline(pid) for pid in tree)
+            self.sockets.update(listening(tree))
+
+    def __enter__(self) -> Watch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.join()
+
+
+def files_under(*roots: Path) -> list[Path]:
+    return [p for root in roots for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file()]
+
+
+def test_a_sweep_never_shows_or_stores_its_passwords(scratch_postgres_url, demo_dir, tmp_path) -> None:
+    """MLflow and database passwords stay out of every output, file, MLflow param/tag, database column and
+    process command line; and every server the sweep starts listens on loopback only."""
+    import ray
+
+    mlflow_secret, db_secret = "Mlfl0w-S3cret", make_url(scratch_postgres_url).password
+    assert db_secret
+    store, port = tmp_path / "server.db", free_port()
+    server = start_mlflow_server(store, port)  # no auth: it ignores the credentials, which must still not leak
+    uri = f"http://alice:{mlflow_secret}@127.0.0.1:{port}"
+    preset = tmp_path / "p.yaml"
+    preset.write_text(yaml.safe_dump(tiny_preset(demo_dir, methods=["alore"], search={"trials": 1},
+                                                 space={"lr": [0.01], "weight_decay": [0.001]},
+                                                 train={"epochs": 1, "warmup_epochs": 0})))
+    work = tmp_path / "work"
+    common = ["--workdir", str(work), "--db", scratch_postgres_url]
+    try:
+        with Watch() as watch:
+            swept = runner.invoke(app, ["sweep", str(preset), "--name", "sec", "--tracking-uri", uri, *common])
+        assert swept.exit_code == 0, swept.output
+        outputs = [swept.output, swept.stderr]
+        for argv in (["sweep", "status", "sec"], ["leaderboard", "--backbone", "demo"],
+                     ["export", "--backbone", "demo", "--task", "digits", "--out", str(tmp_path / "export"),
+                      "--tracking-uri", uri]):
+            done = runner.invoke(app, [*argv, *common])
+            assert done.exit_code == 0, done.output
+            outputs += [done.output, done.stderr]
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        runs = [run for exp in client.search_experiments()
+                for run in client.search_runs([exp.experiment_id], max_results=1000)]
+    finally:
+        ray.shutdown()
+        stop(server)
+    secrets = (mlflow_secret, db_secret)
+
+    # Ray really ran under the watch, and none of its processes shows a password to `ps` ...
+    assert any("gcs_server" in c for c in watch.cmdlines) and any("raylet" in c for c in watch.cmdlines)
+    for secret in secrets:
+        assert not [c for c in watch.cmdlines if secret in c]
+    # ... nor listens beyond this machine.
+    assert watch.sockets and all(is_loopback(address) for address, _ in watch.sockets), sorted(watch.sockets)
+
+    assert len(runs) >= 3, "cell, trials and the leaderboard were logged"
+    for secret in secrets:
+        assert not [o for o in outputs if secret in o]
+        for run in runs:
+            assert secret not in repr(run.data.params) + repr(run.data.tags) + repr(run.info.run_name)
+        session = Path(tempfile.gettempdir()) / "ray" / "session_latest"  # Ray's logs of this sweep
+        for path in files_under(work, store, tmp_path / "export", session.resolve()):
+            assert secret.encode() not in path.read_bytes(), path
+    engine = create_engine(scratch_postgres_url)
+    try:
+        with engine.connect() as conn:
+            tables = inspect(conn).get_table_names()
+            assert {"sweep", "cell", "trial", "result"} <= set(tables)
+            for table in tables:
+                rows = repr(conn.execute(text(f'SELECT * FROM "{table}"')).fetchall())
+                assert not [s for s in secrets if s in rows], table
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("via", ["flag", "env"])
+def test_ui_keeps_the_store_password_off_every_command_line(scratch_postgres_url: str, tmp_path: Path,
+                                                            via: str) -> None:
+    password = make_url(scratch_postgres_url).password
+    assert password
+    board = make_leaderboard_store(scratch_postgres_url)
+    args, env = (["--tracking-uri", scratch_postgres_url], {}) if via == "flag" else (
+        [], {"MLFLOW_TRACKING_URI": scratch_postgres_url})
+    with running_ui(tmp_path, *args, env=env) as ui:
+        # The server really reached the database with the password it got through its environment ...
+        query = urllib.parse.urlencode({"experiment_name": "alore/leaderboard/demo"})
+        with urllib.request.urlopen(f"{ui.base_url}/api/2.0/mlflow/experiments/get-by-name?{query}") as reply:
+            assert board in reply.read().decode()
+        # ... and no process of the UI shows it to `ps` (/proc/<pid>/cmdline), and nothing printed holds it.
+        tree = process_tree(ui.proc.pid)
+        assert len(tree) >= 2
+        assert not [cmdline(p) for p in tree if password in cmdline(p)]
+        assert password not in ui.output()
+
+
+@pytest.mark.parametrize("uri,secret", [
+    ("http://bob:hunter2@mlflow:5000", "hunter2"),
+    ("postgresql+psycopg://alice:s3cret@db.internal:5432/alore", "s3cret"),
+    ("postgresql+psycopg://alice:pa@ss@db.internal:5432/alore", "pa@ss"),  # a raw '@' in the password
+])
+def test_masking_hides_the_whole_password(uri: str, secret: str) -> None:
+    assert secret not in mask_text(f"cannot reach {uri}: timeout")
+    params = flatten({"db": uri, "nested": {"uri": uri}})
+    assert secret not in repr(params) and "***" in params["db"]
+
+
+# ---------------------------------------------------------------- the work folder is a trust boundary
+
+
+class Planted:
+    """What an attacker writes as tuner.pkl: unpickling it creates a marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def recorded(tmp_path, demo_dir):
+    """A work folder whose database records sweep 'old', and a planted experiment folder for it."""
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    engine = db.connect(f"sqlite:///{work / 'leaderboard.db'}")
+    db.upsert_sweep(engine, "old", preset="old", suite="vtab", status="interrupted",
+                    config={**tiny_preset(demo_dir), "name": "old", "trials": 1, "epochs": 1})
+    engine.dispose()
+    experiment = work / "ray" / "old"
+    experiment.mkdir(parents=True, mode=0o700)
+    os.chmod(work / "ray", 0o700)
+    marker = tmp_path / "pwned"
+    (experiment / "tuner.pkl").write_bytes(pickle.dumps(Planted(str(marker))))
+    return work, experiment, marker
+
+
+def resume_old(work: Path):
+    return runner.invoke(app, ["sweep", "resume", "old", "--workdir", str(work)])
+
+
+def test_a_world_writable_experiment_folder_is_refused_before_unpickling(recorded) -> None:
+    work, experiment, marker = recorded
+    os.chmod(experiment, 0o777)
+    result = resume_old(work)
+    assert result.exit_code == 2, result.output
+    assert "writable by group or others" in result.stderr and "chmod go-w" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not marker.exists(), "the planted pickle never ran"
+
+
+def test_a_planted_group_writable_pickle_is_refused(recorded) -> None:
+    work, experiment, marker = recorded
+    os.chmod(experiment / "tuner.pkl", 0o664)
+    result = resume_old(work)
+    assert result.exit_code == 2 and "tuner.pkl" in result.stderr and not marker.exists()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a folder to another user")
+def test_an_experiment_folder_owned_by_another_user_is_refused(recorded) -> None:
+    work, experiment, marker = recorded
+    os.chown(experiment, 65534, 65534)  # nobody
+    result = resume_old(work)
+    assert result.exit_code == 2 and "not by you" in result.stderr and not marker.exists()
+
+
+def test_an_unrecorded_sweep_never_restores_a_folder_it_finds(recorded, demo_dir, tmp_path) -> None:
+    work, experiment, marker = recorded
+    (work / "ray" / "fresh").mkdir(mode=0o700)
+    (work / "ray" / "fresh" / "tuner.pkl").write_bytes((experiment / "tuner.pkl").read_bytes())
+    preset = tmp_path / "p.yaml"
+    preset.write_text(yaml.safe_dump(tiny_preset(demo_dir)))
+    result = runner.invoke(app, ["sweep", str(preset), "--name", "fresh", "--workdir", str(work)])
+    assert result.exit_code == 2 and "not recorded in the database" in result.stderr
+    assert not marker.exists()
+
+
+def test_new_work_folders_are_owner_only(tmp_path) -> None:
+    from alorectl.run import make_private
+
+    make_private(tmp_path / "w" / "ray")
+    for p in (tmp_path / "w", tmp_path / "w" / "ray"):
+        assert stat.S_IMODE(p.stat().st_mode) & 0o077 == 0, oct(p.stat().st_mode)
+
+
+# ---------------------------------------------------------------- no name builds a path out of its folder
+
+ESCAPES = ["..", "../up", "/abs", "vit_tiny_patch16_224./../../esc"]  # more shapes: test_preset's check_name table
+#: every place a user names something a path is built from: the sweep, backbones (flag, preset and the
+#: weights mapping's keys), tasks, methods; and the sweep named to `sweep resume` / `sweep status` below.
+NAME_INPUTS = {
+    "--name": lambda v: (["--name", v], {}),
+    "--backbones": lambda v: (["--backbones", v], {}),
+    "--tasks": lambda v: (["--tasks", v], {}),
+    "--methods": lambda v: (["--methods", v], {}),
+    "preset methods": lambda v: ([], {"methods": [v]}),
+    "preset backbones": lambda v: ([], {"backbones": [v]}),
+    "preset weights key": lambda v: ([], {"weights": {v: "w.safetensors"}}),
+    "preset tasks": lambda v: ([], {"tasks": [v]}),
+}
+
+
+@pytest.mark.parametrize("value", ESCAPES)
+@pytest.mark.parametrize("where", sorted(NAME_INPUTS))
+def test_no_name_escapes_the_work_folder(where, value, tmp_path, demo_dir) -> None:
+    flags, changes = NAME_INPUTS[where](value)
+    preset = tmp_path / "p.yaml"
+    preset.write_text(yaml.safe_dump(tiny_preset(demo_dir, **changes)))
+    result = runner.invoke(app, ["sweep", str(preset), *flags, "--workdir", str(tmp_path / "deep" / "work")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert repr(value) in result.stderr or value in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"], "nothing written anywhere"
+
+
+@pytest.mark.parametrize("command", ["resume", "status"])
+@pytest.mark.parametrize("value", ESCAPES)
+def test_a_sweep_named_to_resume_or_status_cannot_escape(command, value, recorded, tmp_path) -> None:
+    work, experiment, marker = recorded
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    result = runner.invoke(app, ["sweep", command, value, "--workdir", str(work)])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and value in result.stderr, result.stderr
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before and not marker.exists()
+
+
+# ---------------------------------------------------------------- services on loopback only
+
+
+def test_an_embedded_ray_listens_on_loopback_only(tmp_path) -> None:
+    """Ray's GCS, raylet, object manager, runtime-env agent and every worker: nothing on 0.0.0.0 or ::."""
+    import ray
+
+    from alorectl.run import SINGLE_HOST_ENV, start_ray
+
+    before = os.environ.get(SINGLE_HOST_ENV)
+    start_ray(None, tmp_path / "logs")
+    try:
+        @ray.remote
+        def pid() -> int:
+            return os.getpid()
+
+        workers = ray.get([pid.remote() for _ in range(2)])
+        tree = process_tree(os.getpid())
+        assert set(workers) <= set(tree)
+        sockets = listening(tree)
+        assert len(sockets) >= 4, sockets  # GCS, raylet (2), the driver's and the workers' servers
+        assert all(is_loopback(address) for address, _ in sockets), sockets
+        assert ray.util.get_node_ip_address() == "127.0.0.1"
+    finally:
+        ray.shutdown()
+    # Only that start was single-host: a `ray start` or a cluster driver run later sees the host's IP.
+    assert os.environ.get(SINGLE_HOST_ENV) == before
+    from ray._private import ray_constants
+
+    assert ray_constants.ENABLE_RAY_CLUSTER
+
+
+# ---------------------------------------------------------------- nothing unpickled from a file
 
 
 def test_no_unsafe_deserialization_in_the_code() -> None:
-    import pathlib
-    import re
-
-    root = pathlib.Path(__file__).resolve().parents[1]
-    for path in [*root.glob("alore/**/*.py"), *root.glob("orchestrator/**/*.py"), *root.glob("db/**/*.py")]:
-        text = path.read_text()
-        assert not re.search(r"\bpickle\.loads?\(", text), path
-        for match in re.finditer(r"torch\.load\(", text):
+    for path in [*ROOT.glob("alore/**/*.py"), *ROOT.glob("orchestrator/**/*.py"), *ROOT.glob("db/**/*.py")]:
+        code = path.read_text()
+        assert not re.search(r"\bpickle\.loads?\(", code), path
+        for match in re.finditer(r"torch\.load\(", code):
             depth, end = 1, match.end()
             while depth:  # the call's own closing parenthesis
-                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                depth += {"(": 1, ")": -1}.get(code[end], 0)
                 end += 1
-            call = text[match.start():end]
+            call = code[match.start():end]
             assert "weights_only=True" in call, (path, call)

@@ -1,43 +1,20 @@
-"""``alorectl ui``: a checked port, deep links, one lean MLflow server, no credentials in sight.
+"""``alorectl ui``: deep links, one lean MLflow server, no credentials in sight (its bad flags are rows of
+tests/test_cli_bad_input.py).
 
 The server tests start the real command as a process on a free port and read
 ``/proc``: after ``os.execvpe`` the ``alorectl`` pid *is* the MLflow server, so
-its tree is exactly what the UI costs. The PostgreSQL case (a store URI with a
-password) runs against ``ALORE_TEST_POSTGRES_URL`` like the db/ suite: skipped
-locally without it, a failure under CI.
+its tree is exactly what the UI costs. A store URI with a password (PostgreSQL)
+kept off every command line is in tests/test_security.py.
 """
 
 from __future__ import annotations
 
-import json
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from alorectl.ui_links import VIEW_ID, experiment_url
-from ui_utils import alorectl, cmdline, free_port, make_leaderboard_store, process_tree, running_ui
-
-
-
-# ---------------------------------------------------------------- flags
-
-
-@pytest.mark.parametrize("port", ["99999", "0"])
-def test_port_out_of_range_is_one_line_and_exit_2(port: str, tmp_path: Path) -> None:
-    done = alorectl("ui", "--workdir", str(tmp_path), "--port", port, timeout=60)
-    assert done.returncode == 2, done.stdout + done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"--port {port}" in lines[0] and "1-65535" in lines[0], done.stderr
-
-
-def test_missing_store_is_one_line_not_a_new_empty_store(tmp_path: Path) -> None:
-    done = alorectl("ui", "--workdir", str(tmp_path / "work"), "--port", str(free_port()), timeout=60)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "no MLflow store" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert list(tmp_path.iterdir()) == []
+from ui_utils import alorectl, cmdline, is_loopback, listening, make_leaderboard_store, process_tree, running_ui
 
 
 # ---------------------------------------------------------------- the running server (SQLite store)
@@ -71,14 +48,9 @@ def test_one_worker_and_no_queue_consumers(ui_server) -> None:
 def test_binds_loopback_only(ui_server) -> None:
     ui, _, _ = ui_server
     port = int(ui.base_url.rsplit(":", 1)[1])
-    listening = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            local, state = row.split()[1], row.split()[3]
-            address, port_hex = local.rsplit(":", 1)
-            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
-                listening.append(address)
-    assert listening == ["0100007F"], listening  # 127.0.0.1, little-endian hex; nothing on 0.0.0.0 or ::
+    sockets = listening(process_tree(ui.proc.pid))
+    assert ("127.0.0.1", port) in sockets
+    assert all(is_loopback(address) for address, _ in sockets), sockets  # nothing on 0.0.0.0 or ::
 
 
 def test_prints_a_runs_table_link_per_alore_experiment(ui_server) -> None:
@@ -106,28 +78,3 @@ def test_http_tracking_uri_prints_links_without_the_password(ui_server, via: str
     assert done.returncode == 0, done.stderr
     assert experiment_url(ui.base_url, board, view=VIEW_ID) in done.stdout.split()
     assert secret not in done.stdout + done.stderr
-
-
-# ---------------------------------------------------------------- a store URI with a password (PostgreSQL)
-
-
-@pytest.mark.parametrize("via", ["flag", "env"])
-def test_store_password_never_reaches_argv_or_output(scratch_postgres_url: str, tmp_path: Path, via: str) -> None:
-    from sqlalchemy.engine import make_url
-
-    password = make_url(scratch_postgres_url).password
-    assert password
-    board = make_leaderboard_store(scratch_postgres_url)
-    args, env = (["--tracking-uri", scratch_postgres_url], {}) if via == "flag" else (
-        [], {"MLFLOW_TRACKING_URI": scratch_postgres_url})
-    with running_ui(tmp_path, *args, env=env) as ui:
-        # The server really reached the database with the password it got through its environment ...
-        query = urllib.parse.urlencode({"experiment_name": "alore/leaderboard/demo"})
-        with urllib.request.urlopen(f"{ui.base_url}/api/2.0/mlflow/experiments/get-by-name?{query}") as reply:
-            assert json.load(reply)["experiment"]["experiment_id"] == board
-        # ... and no process of the UI shows it to `ps`, and nothing printed holds it.
-        tree = process_tree(ui.proc.pid)
-        assert len(tree) >= 2
-        assert not [cmdline(p) for p in tree if password in cmdline(p)]
-        assert experiment_url(ui.base_url, board, view=VIEW_ID) in ui.output().split()
-        assert password not in ui.output()

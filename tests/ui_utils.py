@@ -8,6 +8,7 @@ and the chosen configuration per task as parameters.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -113,6 +114,36 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def listening(pids: list[int]) -> list[tuple[str, int]]:
+    """``(address, port)`` of every TCP socket in LISTEN state that one of ``pids`` holds (from /proc)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue  # ended while we looked
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].rsplit(":", 1)
+                raw = bytes.fromhex(address)  # 32-bit words in host (little-endian) order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.append((socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw),
+                              int(port, 16)))
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = START_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -126,6 +157,26 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = START_TIMEOUT_S
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
+    """A plain ``mlflow server`` on a SQLite store at 127.0.0.1:``port`` (its own session), once it answers."""
+    from mlflow import MlflowClient
+
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            MlflowClient(f"http://127.0.0.1:{port}").search_experiments()
+            return proc
+        except Exception:
+            if proc.poll() is not None:
+                raise RuntimeError("mlflow server exited") from None
+            time.sleep(1)
+    stop(proc)
+    raise RuntimeError("mlflow server did not start")
 
 
 @contextmanager
