@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from alore.errors import AloreError
 from alorectl.db.errors import DatabaseError
@@ -39,10 +40,39 @@ def fail(message: str) -> None:
     raise typer.Exit(USER_ERROR)
 
 
+class OneLineGroup(TyperGroup):
+    """Click's own usage errors (an unknown option, a value of the wrong type, a missing argument) as one
+    line too, like every other mistake: Typer would print a usage box of five lines. Help, ``--help``, exit
+    codes and an aborted prompt stay as Click makes them."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as err:  # Click's exceptions (Typer vendors Click) derive from it
+            if type(err).__name__ == "NoArgsIsHelpError":  # the help was printed while raising it (as Typer does)
+                sys.exit(err.exit_code)
+            context = getattr(err, "ctx", None)
+            hint = f"; see '{context.command_path} --help'" if context is not None else ""
+            message = " ".join(err.format_message().split()).rstrip(".")
+            errors = getattr(err.__cause__, "errors", None)  # Typer checks types with pydantic, whose error
+            if callable(errors) and errors() and "input" in errors()[0]:  # holds the value the user typed
+                message += f" (got {errors()[0]['input']!r})"
+            err_console.print(f"[bold red]error:[/] {message}{hint}", highlight=False, markup=True)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            err_console.print("Aborted!")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 class App(typer.Typer):
     """``typer.Typer`` whose commands all go through :func:`user_errors`."""
 
     def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", OneLineGroup)
         kwargs.setdefault("pretty_exceptions_show_locals", False)  # locals may hold credentials
         kwargs.setdefault("no_args_is_help", True)
         kwargs.setdefault("add_completion", False)

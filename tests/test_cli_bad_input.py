@@ -1,12 +1,19 @@
-"""Every mistake a user can type into a command: one line naming the bad value, exit 2, no trace, nothing written.
+"""The one table of the CLI's bad input: every mistake a user can type, one line naming it, exit 2, no trace,
+nothing written.
 
-One table (:data:`ROWS`); add a row per new mistake. Placeholders in ``argv``:
-``{data}`` the demo VTAB root, ``{demo_w}`` the demo backbone's weights, ``{out}``
-a fresh output folder, ``{tmp}`` the fresh work folder (also the current
-directory, so default relative paths land there too), ``{file}`` an existing
-plain file. ``setup`` names a function below that prepares the work folder
-before the snapshot (a corrupt checkpoint, a broken weights file, ...). After
-the command, the work folder must be exactly as it was.
+Each row of :data:`ROWS` is a real ``alorectl`` command line, the exit code, pieces of the one stderr line
+(``error: ...``), and the contract every row shares: no traceback, and the work folder exactly as it was
+(nothing created, nothing changed, not even an mtime). Add a row per new mistake. The security module
+(``tests/test_security.py``) holds the deeper checks behind some rows: path escapes, passwords, pickles, Ray.
+
+Placeholders in ``argv``, ``fragment`` and ``preset``: ``{data}`` the demo VTAB root, ``{demo_w}`` the demo
+backbone's weights, ``{out}`` an output folder in the work folder, ``{tmp}`` the fresh work folder (also the
+current directory, so default relative paths land there too), ``{file}`` an existing plain file. ``setup``
+names a function below that prepares the work folder before the snapshot (a corrupt checkpoint, a recorded
+result, ...). ``preset`` is written to ``{tmp}/p.yaml``: :data:`GOOD_PRESET` with the row's keys replaced.
+``absent``: text (a password) that must appear nowhere in the output. ``subprocess``: run the command as a
+real process (``alorectl ui``: were its check broken, an in-process run would exec the MLflow server in
+place of pytest).
 """
 
 from __future__ import annotations
@@ -14,13 +21,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import huggingface_hub.constants
 import pytest
+import yaml
 from typer.testing import CliRunner
+from ui_utils import ALORECTL, stop, ui_env
 
+from alorectl import db
 from alorectl.cli import app
+from alorectl.defaults import db_url
 
 runner = CliRunner()
 
@@ -29,15 +42,26 @@ TRAIN = ["train", "--backbone", "demo", "--weights", "{demo_w}", "--task", "digi
 BENCH_INFERENCE = ["bench", "inference", "--backbone", "vit_test", "--methods", "linear", "--device", "cpu"]
 BENCH_TRAIN = ["bench", "train", "--backbone", "vit_test", "--methods", "linear", "--device", "cpu"]
 TRAVERSAL = "vit_tiny_patch16_224./../x"
+SWEEP = ["sweep", "{tmp}/p.yaml", "--workdir", "{tmp}"]  # the work folder itself: the snapshot sees all it makes
+GOOD_PRESET = {"suite": "vtab", "data_root": "{data}", "weights": {"demo": "{demo_w}"}, "backbones": ["demo"],
+               "tasks": ["digits"], "methods": ["linear"]}
+BAD_NAME = "use letters, digits, '_', '-', '.' (no path separators, no '..' or '__')"
+NO_SWEEP = "no sweep has run in this workdir ({tmp}); run one first: alorectl sweep demo"
+EXPORT = ["export", "--backbone", "demo", "--method", "alore", "--out", "{out}", "--workdir", "{tmp}"]
+BOARD = ["leaderboard", "--workdir", "{tmp}"]
+PG = "postgresql+psycopg://alice:{}@127.0.0.1:1/alore"  # nothing listens on port 1
 
 
 @dataclasses.dataclass
 class Row:
     id: str
     argv: list[str]
-    fragment: str           # a piece of the one stderr line
+    fragment: str | tuple[str, ...]  # piece(s) of the one stderr line
     code: int = 2
     setup: str | None = None
+    preset: dict[str, Any] | None = None  # {tmp}/p.yaml: GOOD_PRESET with these keys replaced
+    absent: tuple[str, ...] = ()          # in neither stdout nor stderr
+    subprocess: bool = False
 
 
 ROWS = [
@@ -71,9 +95,95 @@ ROWS = [
         "unknown pretrained tag for vit_tiny_patch16_224 'bogus'; valid choices: augreg_in21k"),
     Row("check-merge-tolerance", ["check-merge", "--backbone", "vit_test", "--tolerance", "0"],
         "--tolerance must be > 0, got 0.0"),
-    # alorectl data check: problems in the data are the user's to fix, like any bad input
+    # alorectl data check; problems in the data are the user's to fix, like any bad input
+    Row("data-check-root-missing", ["data", "check", "--root", "{tmp}/nowhere"],
+        "data root {tmp}/nowhere does not exist"),
+    Row("data-check-suite", ["data", "check", "--root", "{tmp}", "--suite", "coco"],
+        "unknown suite 'coco'; valid choices: fgvc, vtab"),
+    Row("data-check-task", ["data", "check", "--root", "{tmp}", "--tasks", "cifarr"],
+        "unknown task 'cifarr'; valid choices: caltech101, cifar"),
+    Row("data-check-no-tasks", ["data", "check", "--root", "{tmp}"], "{tmp}: no vtab task folders found"),
     Row("data-check-problem", ["data", "check", "--root", "{tmp}/broken"], "1 of 1 task(s) have problems",
         setup="broken_task"),
+    # alorectl sweep: names that could escape the work folder
+    Row("sweep-name-dotdot", [*SWEEP, "--name", ".."], ("bad sweep name '..'", BAD_NAME), preset={}),
+    Row("sweep-name-slash", [*SWEEP, "--name", "a/b"], "bad sweep name 'a/b'", preset={}),
+    Row("sweep-name-double-underscore", [*SWEEP, "--name", "x__y"], "bad sweep name 'x__y'", preset={}),
+    Row("sweep-backbone-escape", [*SWEEP, "--backbones", "vit_tiny_patch16_224./../../esc"],
+        "bad backbone name 'vit_tiny_patch16_224./../../esc'", preset={}),
+    Row("sweep-task-escape", [*SWEEP, "--tasks", "../t"], "bad task name '../t'", preset={}),
+    Row("sweep-method-escape", [*SWEEP, "--methods", "a/b"], "bad method name 'a/b'", preset={}),
+    # alorectl sweep: the preset
+    Row("preset-batch-size-0", SWEEP, "train.batch_size must be an integer >= 1, got 0",
+        preset={"train": {"batch_size": 0}}),
+    Row("preset-vpt-prompts-negative", SWEEP, "vpt with prompts=-10: prompts must be >= 1, got -10",
+        preset={"methods": ["vpt"], "method_space": {"vpt": {"prompts": [5, -10]}}}),
+    Row("preset-trials-not-int", SWEEP, "search.trials must be an integer >= 1, got 'abc'",
+        preset={"search": {"trials": "abc"}}),
+    Row("preset-cpus-not-number", SWEEP, "resources.cpus_per_trial must be a number > 0, got 'x'",
+        preset={"resources": {"cpus_per_trial": "x"}}),
+    Row("preset-search-not-mapping", SWEEP, ("search must be a mapping like", "got 5"), preset={"search": 5}),
+    Row("preset-train-not-mapping", SWEEP, ("train must be a mapping like", "got [1]"), preset={"train": [1]}),
+    Row("preset-unknown-backbone", SWEEP, "unknown backbone 'vit_q'; valid choices: convnext_b",
+        preset={"backbones": ["vit_q"]}),
+    Row("preset-unknown-method", SWEEP, "unknown method in preset {tmp}/p.yaml 'alora'; valid choices: adapter",
+        preset={"methods": ["alora"]}),
+    Row("preset-unknown-task", SWEEP, "unknown task 'cifarr'; valid choices: caltech101, cifar",
+        preset={"tasks": ["cifarr"]}),
+    Row("preset-negative-lr", SWEEP, "space.lr: bad grid value -1.0 for lr (must be a number > 0)",
+        preset={"space": {"lr": [-1.0]}}),
+    Row("preset-unknown-search", SWEEP,
+        "unknown search algorithm in preset {tmp}/p.yaml 'random'; valid choices: grid, optuna",
+        preset={"search": {"algorithm": "random"}}),
+    Row("preset-data-root-missing", SWEEP, "data root not found: /nonexistent/vtab",
+        preset={"data_root": "/nonexistent/vtab"}),
+    Row("preset-malformed-yaml", ["sweep", "{tmp}/broken.yaml", "--workdir", "{tmp}"],
+        "preset {tmp}/broken.yaml line 3: not valid YAML", setup="malformed_yaml"),
+    Row("preset-unknown-name", ["sweep", "vtabb", "--workdir", "{tmp}"],
+        "unknown preset 'vtabb'; valid choices: demo, fgvc, vtab"),
+    # alorectl sweep: what it needs and cannot reach (offline, an empty hub cache; nothing listens on port 1)
+    Row("sweep-real-backbone-no-weights", SWEEP,
+        ("no pretrained weights for vit_b: timm's 'vit_base_patch16_224.orig_in21k' is not in the local hub cache",
+         "pass --weights vit_b=FILE"), preset={"backbones": ["vit_b"], "weights": {}}),
+    Row("sweep-ray-unreachable", [*SWEEP, "--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1",
+        preset={}),
+    Row("sweep-db-unreachable", [*SWEEP, "--db", PG.format("s3cret")],
+        "cannot reach database postgresql+psycopg://alice:***@127.0.0.1:1/alore", preset={}, absent=("s3cret",)),
+    Row("sweep-db-raw-at-in-password", [*SWEEP, "--db", PG.format("pa@ss")],
+        "database URL 'postgresql+psycopg://alice:***@127.0.0.1:1/alore' has a raw '@' in its user or password; "
+        "percent-encode it as %40", preset={}, absent=("pa@", "ss@")),
+    # reading commands on a work folder where no sweep ran
+    Row("leaderboard-nothing-recorded", [*BOARD, "--backbone", "demo"], NO_SWEEP),
+    Row("export-nothing-recorded", [*EXPORT, "--task", "digits"], NO_SWEEP),
+    Row("sweep-status-nothing-recorded", ["sweep", "status", "tiny", "--workdir", "{tmp}"], NO_SWEEP),
+    Row("sweep-resume-nothing-recorded", ["sweep", "resume", "tiny", "--workdir", "{tmp}"], NO_SWEEP),
+    # reading commands on a recorded result (demo/digits/alore of sweep 'handmade')
+    Row("leaderboard-unknown-suite", [*BOARD, "--backbone", "demo", "--suite", "vtb"],
+        "unknown suite 'vtb'; valid choices: fgvc, vtab", setup="recorded"),
+    Row("leaderboard-suite-not-recorded", [*BOARD, "--backbone", "demo", "--suite", "fgvc"],
+        "'fgvc'; valid choices: vtab", setup="recorded"),
+    Row("leaderboard-unknown-backbone", [*BOARD, "--backbone", "nope"], "unknown backbone 'nope'; valid choices: demo",
+        setup="recorded"),
+    Row("export-unknown-result", [*EXPORT, "--task", "cifar"],
+        ("unknown result 'demo/cifar/alore'", "demo/digits/alore"), setup="recorded"),
+    Row("export-out-not-empty", [*EXPORT, "--task", "digits"], ("--out {out} is not empty", "--force"),
+        setup="recorded_and_out_taken"),
+    Row("sweep-status-unknown", ["sweep", "status", "nope", "--workdir", "{tmp}"],
+        "unknown sweep 'nope'; valid choices: handmade", setup="recorded"),
+    Row("sweep-resume-unknown", ["sweep", "resume", "nope", "--workdir", "{tmp}"],
+        "unknown sweep 'nope'; valid choices: handmade", setup="recorded"),
+    Row("sweep-resume-password-not-stored", ["sweep", "resume", "handmade", "--workdir", "{tmp}"],
+        "http://alice:***@host:5000, whose password is not stored; pass --tracking-uri", setup="recorded"),
+    # old or mistyped flags: Click's usage errors, one line too
+    Row("leaderboard-typo-flag", [*BOARD, "--tracking-uri-flag", "x"],
+        "No such option: --tracking-uri-flag (Possible options: --tracking-uri)"),
+    Row("export-typo-flag", [*EXPORT, "--task", "digits", "--tracking-uri-flag", "x"],
+        "No such option: --tracking-uri-flag (Possible options: --tracking-uri)"),
+    # alorectl ui, in a process of its own
+    Row("ui-port-too-high", ["ui", "--port", "99999"], ("--port 99999", "1-65535"), subprocess=True),
+    Row("ui-port-0", ["ui", "--port", "0"], ("--port 0", "1-65535"), subprocess=True),
+    Row("ui-port-not-int", ["ui", "--port", "abc"], ("Invalid value for '--port'", "(got 'abc')"), subprocess=True),
+    Row("ui-no-store", ["ui", "--workdir", "{tmp}/work"], ("no MLflow store", "{tmp}/work"), subprocess=True),
 ]
 
 
@@ -115,8 +225,63 @@ def broken_task(tmp: Path) -> None:
         (task / f"{split}.txt").write_text(f"images/{split}.png 0\n")  # images that are not there
 
 
+def malformed_yaml(tmp: Path) -> None:
+    (tmp / "broken.yaml").write_text("suite: vtab\nmethods: [alore\n")
+
+
+def recorded(tmp: Path) -> None:
+    """A leaderboard with one result, demo/digits/alore, of the sweep 'handmade', which logged to an MLflow
+    server with a password (stored masked). The run folder holds an empty adapter: the refusals come first."""
+    run = tmp / "run"
+    run.mkdir()
+    (run / "adapter.safetensors").write_bytes(b"")
+    engine = db.connect(db_url(tmp))
+    try:
+        sweep = db.upsert_sweep(engine, "handmade", preset="demo", suite="vtab", status="done",
+                                config={"tracking_uri": "http://alice:***@host:5000"})
+        db.upsert_cell(engine, sweep, "demo", "digits", "alore", status="done")
+        db.record_result(engine, sweep_id=sweep, backbone="demo", task="digits", method="alore", suite="vtab",
+                         test_acc_mean=70.0, seeds=[42], artifact_uri=str(run))
+    finally:
+        engine.dispose()
+
+
+def recorded_and_out_taken(tmp: Path) -> None:
+    recorded(tmp)
+    (tmp / "out").mkdir()
+    (tmp / "out" / "notes.txt").write_text("mine")
+
+
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def fill(value: Any, values: dict[str, Path]) -> Any:
+    """``value`` with its placeholders filled in (strings, and the strings inside lists and dicts)."""
+    if isinstance(value, str):
+        return value.format(**values)
+    if isinstance(value, list):
+        return [fill(v, values) for v in value]
+    if isinstance(value, dict):
+        return {k: fill(v, values) for k, v in value.items()}
+    return value
+
+
+#: Settings from the environment that would point a command elsewhere than the row says.
+FOREIGN_ENV = ("ALORE_WORKDIR", "ALORE_DB", "ALORE_DATA_ROOT", "RAY_ADDRESS", "MLFLOW_TRACKING_URI")
+
+
+def run_process(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
+    """``alorectl`` as a real process in its own session, stopped with all it started if it hangs."""
+    env = {k: v for k, v in ui_env(env).items() if k not in FOREIGN_ENV}
+    proc = subprocess.Popen([*ALORECTL, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        raise
+    return proc.returncode, out, err
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
@@ -124,25 +289,37 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(row: Row, demo_dir, tmp
     work = tmp_path / "work"
     work.mkdir()
     (work / "a-file").write_text("not a folder")
-    if row.setup:
-        globals()[row.setup](work)
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("ALORE_WEIGHTS_DIR", str(work / "weights"))
-    # An empty hub cache, offline: a user's cached checkpoints must not change the answer.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     values = {"data": demo_dir / "vtab-1k", "demo_w": demo_dir / "demo.safetensors", "out": work / "out",
               "tmp": work, "file": work / "a-file"}
-    argv = [a.format(**values) for a in row.argv]
+    if row.setup:
+        globals()[row.setup](work)
+    if row.preset is not None:
+        (work / "p.yaml").write_text(yaml.safe_dump(fill({**GOOD_PRESET, **row.preset}, values)))
+    monkeypatch.chdir(work)
+    for name in FOREIGN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    env = {"ALORE_WEIGHTS_DIR": str(work / "weights"), "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    monkeypatch.setenv("ALORE_WEIGHTS_DIR", env["ALORE_WEIGHTS_DIR"])
+    # An empty hub cache, offline: a user's cached checkpoints must not change the answer.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", env["HF_HUB_CACHE"])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    argv = fill(row.argv, values)
     before = snapshot(work)
 
-    result = runner.invoke(app, argv)
+    if row.subprocess:
+        code, stdout, stderr = run_process(argv, work, env)
+    else:
+        result = runner.invoke(app, argv)
+        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+        code, stdout, stderr = result.exit_code, result.stdout, result.stderr
 
-    assert result.exit_code == row.code, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert row.fragment in lines[0]
+    assert code == row.code, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for fragment in (row.fragment,) if isinstance(row.fragment, str) else row.fragment:
+        assert fill(fragment, values) in lines[0]
+    for secret in row.absent:
+        assert secret not in stdout + stderr
     assert snapshot(work) == before, "nothing is created or changed"
     assert not (tmp_path / "hub").exists() and not os.path.exists(work / "pwned")

@@ -405,23 +405,6 @@ def test_check_catches_leaks_and_inconsistent_trainval(tmp_path: Path):
     assert any("1 images in both train800val200.txt and test.txt" in p for p in report.problems)
 
 
-@pytest.mark.parametrize(
-    ("args", "fragment"),
-    [
-        (("--root", "{tmp}/nowhere"), "data root {tmp}/nowhere does not exist"),
-        (("--root", "{tmp}", "--suite", "coco"), "unknown suite 'coco'; valid choices: fgvc, vtab"),
-        (("--root", "{tmp}", "--tasks", "cifarr"), "unknown task 'cifarr'; valid choices: caltech101, cifar"),
-        (("--root", "{tmp}"), "{tmp}: no vtab task folders found"),
-    ],
-)
-def test_cli_user_errors_exit_2_with_one_line(tmp_path: Path, args, fragment):
-    result = run_cli("check", *(a.format(tmp=tmp_path) for a in args))
-    assert result.exit_code == 2
-    assert result.stdout == ""
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
-    assert fragment.format(tmp=tmp_path) in result.stderr
-
-
 def test_cli_demo_writes_the_dataset_and_calls_the_weights_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (tmp_path / "fake_demo_backbone.py").write_text(
         "from pathlib import Path\n"

@@ -95,7 +95,11 @@ def _from_store(workdir: Path, db_flag: str | None, backbone: str, task: str, me
         raise AloreError(f"no sweep has run in {workdir}; pass --from DIR")
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise AloreError(f"no leaderboard database at {url.removeprefix('sqlite:///')}; pass --from DIR")
-    row = db.find_result(db.open_existing(url), backbone, task, method, sweep)
+    engine = db.open_existing(url)
+    try:
+        row = db.find_result(engine, backbone, task, method, sweep)
+    finally:
+        engine.dispose()
     folder = Path(row.artifact_uri or "")
     if not row.artifact_uri or not (folder / analysis.load.ADAPTER).is_file():
         raise WeightsError(f"the files of {backbone}/{task}/{method} are missing from {row.artifact_uri!r}; "

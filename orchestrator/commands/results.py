@@ -38,14 +38,20 @@ FORMATS = ("table", "markdown", "csv", "json")
 EXPORT_FILES = ("model.safetensors", "adapter.safetensors", "card.json")
 
 
-def open_results(workdir: Path, db_flag: str | None) -> Engine:
-    """The results database, read-only; a work folder where no sweep ran is one clear line, not a new file."""
+@contextmanager
+def open_results(workdir: Path, db_flag: str | None) -> Iterator[Engine]:
+    """The results database, read-only; a work folder where no sweep ran is one clear line, not a new file.
+    Closed on the way out: an open SQLite connection keeps its ``-wal``/``-shm`` files next to the database."""
     url = defaults.db_url(workdir, db_flag)
     try:
-        return db.open_existing(url)
+        engine = db.open_existing(url)
     except db.DatabaseNotFoundError:
         where = f"this workdir ({workdir.resolve()})" if db_flag is None else f"the database {db.mask_url(url)}"
         raise AloreError(f"no sweep has run in {where}; run one first: alorectl sweep demo") from None
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def leaderboard(
@@ -62,12 +68,9 @@ def leaderboard(
         raise UnknownChoiceError("format", fmt, FORMATS)
     if suite not in SUITES:  # typed values first, before the database is even looked for
         raise UnknownChoiceError("suite", suite, SUITES)
-    engine = open_results(workdir, db_flag)
-    try:
+    with open_results(workdir, db_flag) as engine:
         check_choices(engine, backbone, suite)
         board = build(engine, backbone, suite)
-    finally:
-        engine.dispose()
     if not board.rows:
         fail(f"no results for backbone {backbone!r} ({suite}) in {db.mask_url(defaults.db_url(workdir, db_flag))}; "
              "run a sweep first: alorectl sweep demo")
@@ -161,11 +164,8 @@ def export(
     db_flag: DbUrl = None,
 ) -> None:
     """Write model.safetensors (merged into plain timm), adapter.safetensors and card.json."""
-    engine = open_results(workdir, db_flag)
-    try:
+    with open_results(workdir, db_flag) as engine:
         row = db.find_result(engine, backbone, task, method)
-    finally:
-        engine.dispose()
     source = Path(row.artifact_uri or "")
     if not (source / "adapter.safetensors").is_file():
         raise AloreError(f"the files of {backbone}/{task}/{row.method} are missing from {source}")

@@ -10,7 +10,6 @@ import click
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from typer.core import TyperGroup
 
 from alorectl import db
 from alore.errors import ConfigError, UnknownChoiceError
@@ -21,13 +20,13 @@ from alorectl.timing import timing
 from alorectl.tracking import split_credentials
 from alorectl.ui_links import VIEW_ID, experiment_url
 
-from ..app import App, console, print_json, split_csv
+from ..app import App, OneLineGroup, console, print_json, split_csv
 from .board import print_board
 from .results import open_results
 from .common import DEFAULT_WORKDIR, Address, DbUrl, TrackingUri, Workdir
 
 
-class ShortcutGroup(TyperGroup):
+class ShortcutGroup(OneLineGroup):
     """``alorectl sweep vtab ...`` is ``alorectl sweep run vtab ...``: any first word that is not a
     subcommand is a preset."""
 
@@ -130,8 +129,8 @@ def sweep_resume(
     max_concurrent_trials: Annotated[int | None, typer.Option(help="trials in flight at once")] = None,
 ) -> None:
     """Continue a sweep: restore its Tune experiment, finish what is left, log what MLflow is missing."""
-    engine = open_results(workdir, db_flag)
-    stored = db.sweep_config(engine, name)
+    with open_results(workdir, db_flag) as engine:
+        stored = db.sweep_config(engine, name)
     uri = stored.get("tracking_uri")
     if tracking_uri is None and uri and "***" in uri:
         raise ConfigError(f"sweep {name!r} logged to {uri}, whose password is not stored; pass --tracking-uri "
@@ -151,10 +150,11 @@ def sweep_status(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Where a sweep stands: cells, trials running/done/left, slot occupancy, ETA."""
-    engine = open_results(workdir, db_flag)
-    status = db.sweep_status(engine, name)
-    config = db.sweep_config(engine, name)
-    t = timing(db.sweep_trials(engine, name), int(config.get("slots") or 1), int(config.get("total_trials") or 0))
+    with open_results(workdir, db_flag) as engine:
+        status = db.sweep_status(engine, name)
+        config = db.sweep_config(engine, name)
+        trials = db.sweep_trials(engine, name)
+    t = timing(trials, int(config.get("slots") or 1), int(config.get("total_trials") or 0))
     if as_json:
         print_json({**status.to_dict(), "timing": t.to_dict()})
         return
