@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from .app import App
+import sys
+
+from alorectl.db.urls import mask_text
+
+from .app import App, err_console
 from .commands import bench, data, merge_check, params, results, sweep, train, ui
 from .commands import analyze
 
@@ -20,6 +24,10 @@ app.add_typer(analyze.app, name="analyze")
 
 
 def main() -> None:
+    if any(mask_text(arg) != arg for arg in sys.argv[1:]):
+        # As MySQL's client does: what was typed is already in /proc/<pid>/cmdline for every local user.
+        err_console.print("[yellow]warning:[/] a password on the command line can be seen by every user of this "
+                          "machine (ps); pass it through ALORE_DB or MLFLOW_TRACKING_URI instead", highlight=False)
     app()
 
 

@@ -32,7 +32,7 @@ from alorectl import db
 from alorectl.cli import app
 from alorectl.db.urls import mask_text
 from alorectl.tracking import flatten
-from ui_utils import (cmdline, free_port, is_loopback, listening, make_leaderboard_store, process_tree,
+from ui_utils import (alorectl, cmdline, free_port, is_loopback, listening, make_leaderboard_store, process_tree,
                       running_ui, start_mlflow_server, stop)
 
 runner = CliRunner()
@@ -158,6 +158,17 @@ def test_ui_keeps_the_store_password_off_every_command_line(scratch_postgres_url
         assert len(tree) >= 2
         assert not [cmdline(p) for p in tree if password in cmdline(p)]
         assert password not in ui.output()
+
+
+def test_a_password_typed_on_the_command_line_is_warned_about_and_never_echoed() -> None:
+    url = "postgresql+psycopg://alice:Typed-S3cret@127.0.0.1:1/alore"  # nothing listens on port 1
+    typed = alorectl("leaderboard", "--backbone", "demo", "--db", url)
+    from_env = alorectl("leaderboard", "--backbone", "demo", env={"ALORE_DB": url})
+    for done in (typed, from_env):
+        assert done.returncode == 2 and "cannot reach database" in done.stderr, done.stderr
+        assert "Typed-S3cret" not in done.stdout + done.stderr
+    assert "warning: a password on the command line can be seen by every user" in typed.stderr
+    assert "warning" not in from_env.stderr
 
 
 @pytest.mark.parametrize("uri,secret", [
