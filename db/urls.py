@@ -45,16 +45,20 @@ def parse_db_url(value: str | URL) -> URL:
             raise DatabaseURLError("empty database URL; expected e.g. sqlite:///work/alore.db")
         if "://" not in text:  # a plain file path: the embedded default store
             url = URL.create("sqlite", database=str(Path(text).expanduser()))
-        elif text.split("://", 1)[1].split("/", 1)[0].count("@") > 1:
-            # SQLAlchemy ends the password at the first "@" and takes the rest for the host: it would connect
-            # to the wrong server, and name that "host" (a piece of the password) in its error.
-            raise DatabaseURLError(f"database URL {mask_text(text)!r} has a raw '@' in its user or password; "
-                                   "percent-encode it as %40")
         else:
             try:
                 url = make_url(text)
             except (ArgumentError, ValueError) as exc:  # ValueError: a non-numeric port
                 raise DatabaseURLError(f"malformed database URL {mask_text(text)!r}: {exc}") from None
+            if "@" in (url.host or ""):
+                # SQLAlchemy ends the password at its first "@" and takes the rest for the host: it would
+                # connect to the wrong server and name that "host", a piece of the password, in its error.
+                scheme, rest = text.split("://", 1)
+                credentials, _, place = rest.rpartition("@")  # the host is after the last "@"
+                user = credentials.split(":", 1)[0] if ":" in credentials else ""
+                shown = f"{scheme}://{user if '@' not in user else '***'}:***@{place}"
+                raise DatabaseURLError(f"database URL {shown!r} has a raw '@' in its user or password; "
+                                       "percent-encode it as %40")
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     if url.drivername == "sqlite+pysqlite":

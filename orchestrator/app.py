@@ -10,10 +10,12 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from alore.errors import AloreError
 from alorectl.db.errors import DatabaseError
+from alorectl.db.urls import mask_text
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -26,9 +28,9 @@ def user_errors(fn: Callable) -> Callable:
     """Catch the errors a user can cause at the command boundary: one line on stderr, exit 2."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
-            return fn(*args, **kwargs)
+            fn(*args, **kwargs)  # a command's return value is never its exit code (as with plain Click)
         except (AloreError, DatabaseError) as err:
             fail(str(err))
 
@@ -36,8 +38,14 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    print_error(message)
     raise typer.Exit(USER_ERROR)
+
+
+def print_error(message: str) -> None:
+    """``error: message`` on stderr. The message quotes what the user typed: never read as Rich markup
+    (``--port '[/x]'`` would crash the printer), never with a password in it."""
+    err_console.print(f"[bold red]error:[/] {escape(mask_text(message))}", highlight=False, markup=True)
 
 
 class OneLineGroup(TyperGroup):
@@ -57,15 +65,16 @@ class OneLineGroup(TyperGroup):
             context = getattr(err, "ctx", None)
             hint = f"; see '{context.command_path} --help'" if context is not None else ""
             message = " ".join(err.format_message().split()).rstrip(".")
-            errors = getattr(err.__cause__, "errors", None)  # Typer checks types with pydantic, whose error
-            if callable(errors) and errors() and "input" in errors()[0]:  # holds the value the user typed
+            # Typer checks types with pydantic, whose error holds the value the user typed.
+            errors = getattr(err.__cause__, "errors", None)
+            if callable(errors) and errors() and "input" in errors()[0]:
                 message += f" (got {errors()[0]['input']!r})"
-            err_console.print(f"[bold red]error:[/] {message}{hint}", highlight=False, markup=True)
+            print_error(message + hint)
             sys.exit(err.exit_code)
         except typer.Abort:
             err_console.print("Aborted!")
             sys.exit(1)
-        sys.exit(code if isinstance(code, int) else 0)
+        sys.exit(code if isinstance(code, int) else 0)  # an int only from typer.Exit: commands return None
 
 
 class App(typer.Typer):

@@ -159,7 +159,7 @@ def _init(address: str | None, kwargs: dict[str, Any]) -> None:
 
 #: Ray's switch for multi-node clusters, off by default on macOS and Windows; with it off a node's address is
 #: 127.0.0.1 (``ray._private.services.get_node_ip_address``).
-SINGLE_HOST_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+RAY_CLUSTER_SWITCH_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @contextlib.contextmanager
@@ -174,17 +174,17 @@ def _loopback_only() -> Iterator[None]:
     still see the host's IP."""
     from ray._private import ray_constants
 
-    before_env, before_flag = os.environ.get(SINGLE_HOST_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[SINGLE_HOST_ENV] = "0"
+    before_env, before_flag = os.environ.get(RAY_CLUSTER_SWITCH_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[RAY_CLUSTER_SWITCH_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before_flag
         if before_env is None:
-            os.environ.pop(SINGLE_HOST_ENV, None)
+            os.environ.pop(RAY_CLUSTER_SWITCH_ENV, None)
         else:
-            os.environ[SINGLE_HOST_ENV] = before_env
+            os.environ[RAY_CLUSTER_SWITCH_ENV] = before_env
 
 
 def slots(cpus_per_trial: float, gpus_per_trial: float) -> int:

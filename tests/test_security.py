@@ -11,11 +11,11 @@ of tests/test_cli_bad_input.py.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
 import stat
-import tempfile
 import threading
 import urllib.parse
 import urllib.request
@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 from alorectl import db
 from alorectl.cli import app
 from alorectl.db.urls import mask_text
+from alorectl.ui_links import VIEW_ID, experiment_url
 from alorectl.tracking import flatten
 from ui_utils import (alorectl, cmdline, free_port, is_loopback, listening, make_leaderboard_store, process_tree,
                       running_ui, start_mlflow_server, stop)
@@ -50,20 +51,21 @@ def tiny_preset(demo_dir: Path, **changes) -> dict:
 
 class Watch(threading.Thread):
     """While a command runs in this process (CliRunner runs it in-process, so this process is the driver):
-    every command line and every listening socket of this process and all it starts (Ray's GCS, raylet,
-    workers), sampled every 0.2 s."""
+    the command line of this process and of everything it starts (Ray's GCS, raylet, workers), and the
+    listening sockets of each, sampled every 0.2 s."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.cmdlines: set[str] = set()
-        self.sockets: set[tuple[str, int]] = set()
+        self.sockets: set[tuple[str, str, int]] = set()  # (the process's command line, address, port)
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(0.2):
-            tree = process_tree(os.getpid())
-            self.cmdlines.update(cmdline(pid) for pid in tree)
-            self.sockets.update(listening(tree))
+            for pid in process_tree(os.getpid()):
+                line = cmdline(pid)
+                self.cmdlines.add(line)
+                self.sockets.update((line, address, port) for address, port in listening([pid]))
 
     def __enter__(self) -> Watch:
         self.start()
@@ -78,22 +80,35 @@ def files_under(*roots: Path) -> list[Path]:
     return [p for root in roots for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file()]
 
 
-def test_a_sweep_never_shows_or_stores_its_passwords(scratch_postgres_url, demo_dir, tmp_path) -> None:
+@pytest.fixture
+def leaderboard_url(request, tmp_path) -> tuple[str, str | None]:
+    """The sweep's database and its password: PostgreSQL where the test server is (always under CI); locally
+    without it SQLite, so the MLflow, Ray and file checks still run."""
+    if os.environ.get("ALORE_TEST_POSTGRES_URL") or os.environ.get("CI"):  # conftest.PG_ENV
+        url = request.getfixturevalue("scratch_postgres_url")
+        return url, make_url(url).password
+    return f"sqlite:///{tmp_path / 'board.db'}", None
+
+
+def test_a_sweep_never_shows_or_stores_its_passwords(leaderboard_url, demo_dir, tmp_path) -> None:
     """MLflow and database passwords stay out of every output, file, MLflow param/tag, database column and
-    process command line; and every server the sweep starts listens on loopback only."""
+    process command line; every server the sweep starts listens on loopback only; the work folder is
+    owner-only."""
     import ray
 
-    mlflow_secret, db_secret = "Mlfl0w-S3cret", make_url(scratch_postgres_url).password
-    assert db_secret
-    store, port = tmp_path / "server.db", free_port()
-    server = start_mlflow_server(store, port)  # no auth: it ignores the credentials, which must still not leak
+    db_url, db_secret = leaderboard_url
+    mlflow_secret = "Mlfl0w-S3cret"
+    server_dir, port = tmp_path / "server", free_port()
+    server_dir.mkdir()
+    # No auth on this server: it ignores the credentials, which must still never show.
+    server = start_mlflow_server(server_dir / "mlflow.db", port)  # its artifacts: server_dir/mlartifacts
     uri = f"http://alice:{mlflow_secret}@127.0.0.1:{port}"
     preset = tmp_path / "p.yaml"
     preset.write_text(yaml.safe_dump(tiny_preset(demo_dir, methods=["alore"], search={"trials": 1},
                                                  space={"lr": [0.01], "weight_decay": [0.001]},
                                                  train={"epochs": 1, "warmup_epochs": 0})))
     work = tmp_path / "work"
-    common = ["--workdir", str(work), "--db", scratch_postgres_url]
+    common = ["--workdir", str(work), "--db", db_url]
     try:
         with Watch() as watch:
             swept = runner.invoke(app, ["sweep", str(preset), "--name", "sec", "--tracking-uri", uri, *common])
@@ -106,29 +121,37 @@ def test_a_sweep_never_shows_or_stores_its_passwords(scratch_postgres_url, demo_
             assert done.exit_code == 0, done.output
             outputs += [done.output, done.stderr]
         client = MlflowClient(f"http://127.0.0.1:{port}")
-        runs = [run for exp in client.search_experiments()
-                for run in client.search_runs([exp.experiment_id], max_results=1000)]
+        experiments = client.search_experiments()
+        runs = [run for exp in experiments for run in client.search_runs([exp.experiment_id], max_results=1000)]
     finally:
         ray.shutdown()
         stop(server)
-    secrets = (mlflow_secret, db_secret)
+    secrets = [s for s in (mlflow_secret, db_secret) if s]
 
     # Ray really ran under the watch, and none of its processes shows a password to `ps` ...
-    assert any("gcs_server" in c for c in watch.cmdlines) and any("raylet" in c for c in watch.cmdlines)
+    ray_servers = [(address, port) for line, address, port in watch.sockets
+                   if "gcs_server" in line or "raylet" in line]
+    assert ray_servers, "the watch saw Ray's GCS and raylet listen"
     for secret in secrets:
         assert not [c for c in watch.cmdlines if secret in c]
     # ... nor listens beyond this machine.
-    assert watch.sockets and all(is_loopback(address) for address, _ in watch.sockets), sorted(watch.sockets)
+    assert all(is_loopback(address) for _, address, _ in watch.sockets), sorted(watch.sockets)
+    for folder in (work, work / "ray"):
+        assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0, oct(folder.stat().st_mode)
 
     assert len(runs) >= 3, "cell, trials and the leaderboard were logged"
+    sessions = {m.group(1) for c in watch.cmdlines for m in [re.search(r"--session_dir=(\S+)", c)] if m}
+    logs = files_under(*map(Path, sessions))  # Ray's own logs of this sweep
+    assert len(sessions) == 1 and logs, sessions
     for secret in secrets:
         assert not [o for o in outputs if secret in o]
+        for exp in experiments:
+            assert secret not in repr(exp.tags)
         for run in runs:
             assert secret not in repr(run.data.params) + repr(run.data.tags) + repr(run.info.run_name)
-        session = Path(tempfile.gettempdir()) / "ray" / "session_latest"  # Ray's logs of this sweep
-        for path in files_under(work, store, tmp_path / "export", session.resolve()):
+        for path in [*files_under(work, server_dir, tmp_path / "export"), *logs]:  # server_dir: store, artifacts
             assert secret.encode() not in path.read_bytes(), path
-    engine = create_engine(scratch_postgres_url)
+    engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
             tables = inspect(conn).get_table_names()
@@ -152,11 +175,12 @@ def test_ui_keeps_the_store_password_off_every_command_line(scratch_postgres_url
         # The server really reached the database with the password it got through its environment ...
         query = urllib.parse.urlencode({"experiment_name": "alore/leaderboard/demo"})
         with urllib.request.urlopen(f"{ui.base_url}/api/2.0/mlflow/experiments/get-by-name?{query}") as reply:
-            assert board in reply.read().decode()
+            assert json.load(reply)["experiment"]["experiment_id"] == board
         # ... and no process of the UI shows it to `ps` (/proc/<pid>/cmdline), and nothing printed holds it.
         tree = process_tree(ui.proc.pid)
         assert len(tree) >= 2
         assert not [cmdline(p) for p in tree if password in cmdline(p)]
+        assert experiment_url(ui.base_url, board, view=VIEW_ID) in ui.output().split()
         assert password not in ui.output()
 
 
@@ -241,6 +265,16 @@ def test_an_experiment_folder_owned_by_another_user_is_refused(recorded) -> None
     assert result.exit_code == 2 and "not by you" in result.stderr and not marker.exists()
 
 
+def test_rerunning_a_recorded_sweep_checks_its_folder_too(recorded, demo_dir, tmp_path) -> None:
+    work, experiment, marker = recorded
+    os.chmod(experiment, 0o777)
+    preset = tmp_path / "p.yaml"
+    preset.write_text(yaml.safe_dump(tiny_preset(demo_dir)))
+    result = runner.invoke(app, ["sweep", str(preset), "--name", "old", "--workdir", str(work)])
+    assert result.exit_code == 2 and "writable by group or others" in result.stderr, result.output
+    assert not marker.exists()
+
+
 def test_an_unrecorded_sweep_never_restores_a_folder_it_finds(recorded, demo_dir, tmp_path) -> None:
     work, experiment, marker = recorded
     (work / "ray" / "fresh").mkdir(mode=0o700)
@@ -301,6 +335,35 @@ def test_a_sweep_named_to_resume_or_status_cannot_escape(command, value, recorde
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before and not marker.exists()
 
 
+#: the other commands that take a name: each is refused (unknown, or an unsafe name) before any path is used
+OTHER_COMMANDS = {
+    "train --task": ["train", "--backbone", "demo", "--weights", "{w}", "--data-root", "{data}", "--task", "{v}",
+                     "--out", "{out}"],
+    "train --method": ["train", "--backbone", "demo", "--weights", "{w}", "--data-root", "{data}", "--task",
+                       "digits", "--method", "{v}", "--out", "{out}"],
+    "export --backbone": ["export", "--backbone", "{v}", "--task", "digits", "--out", "{out}", "--workdir", "{work}"],
+    "export --task": ["export", "--backbone", "demo", "--task", "{v}", "--out", "{out}", "--workdir", "{work}"],
+    "analyze --task": ["analyze", "experts", "--backbone", "demo", "--task", "{v}", "--workdir", "{work}"],
+}
+
+
+@pytest.mark.parametrize("value", ["../../t", "/abs"])
+@pytest.mark.parametrize("where", sorted(OTHER_COMMANDS))
+def test_other_commands_refuse_names_that_escape(where, value, recorded, demo_dir, tmp_path) -> None:
+    work, experiment, marker = recorded
+    outside = tmp_path / "t"  # what '../../t' would reach from a task folder: split files planted there
+    outside.mkdir()
+    for split in ("train800", "val200", "train800val200", "test"):
+        (outside / f"{split}.txt").write_text("images/0.png 0\n")
+    argv = [a.format(v=value, w=demo_dir / "demo.safetensors", data=demo_dir / "vtab-1k", work=work,
+                     out=tmp_path / "out") for a in OTHER_COMMANDS[where]]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and value in result.stderr, result.stderr
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before and not marker.exists()
+
+
 # ---------------------------------------------------------------- services on loopback only
 
 
@@ -308,9 +371,11 @@ def test_an_embedded_ray_listens_on_loopback_only(tmp_path) -> None:
     """Ray's GCS, raylet, object manager, runtime-env agent and every worker: nothing on 0.0.0.0 or ::."""
     import ray
 
-    from alorectl.run import SINGLE_HOST_ENV, start_ray
+    from alorectl.run import RAY_CLUSTER_SWITCH_ENV, start_ray
 
-    before = os.environ.get(SINGLE_HOST_ENV)
+    from ray._private import ray_constants
+
+    before, before_flag = os.environ.get(RAY_CLUSTER_SWITCH_ENV), ray_constants.ENABLE_RAY_CLUSTER
     start_ray(None, tmp_path / "logs")
     try:
         @ray.remote
@@ -327,10 +392,8 @@ def test_an_embedded_ray_listens_on_loopback_only(tmp_path) -> None:
     finally:
         ray.shutdown()
     # Only that start was single-host: a `ray start` or a cluster driver run later sees the host's IP.
-    assert os.environ.get(SINGLE_HOST_ENV) == before
-    from ray._private import ray_constants
-
-    assert ray_constants.ENABLE_RAY_CLUSTER
+    assert os.environ.get(RAY_CLUSTER_SWITCH_ENV) == before
+    assert ray_constants.ENABLE_RAY_CLUSTER == before_flag
 
 
 # ---------------------------------------------------------------- nothing unpickled from a file

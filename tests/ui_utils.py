@@ -28,11 +28,12 @@ METHODS = {"alore": 90.0, "lora": 85.0, "bitfit": 80.0}
 START_TIMEOUT_S = 120.0  # a cold MLflow server start on a busy 2-core machine
 
 
-def alorectl(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def alorectl(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+             cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real command in its own process group: a ``ui`` that wrongly went on to exec cannot replace
     pytest, and what it started is stopped with it."""
     proc = subprocess.Popen([*ALORECTL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ui_env(env), start_new_session=True)
+                            env=ui_env(env), cwd=cwd, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -41,9 +42,13 @@ def alorectl(*args: str, env: dict[str, str] | None = None, timeout: float = 120
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+#: Settings from the environment that would point a command elsewhere than its test says.
+FOREIGN_ENV = ("MLFLOW_TRACKING_URI", "ALORE_WORKDIR", "ALORE_DB", "ALORE_DATA_ROOT", "RAY_ADDRESS")
+
+
 def ui_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This environment without a tracking URI of its own (tests say which store they mean), no telemetry."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ALORE_WORKDIR")}
+    """This environment without stores or folders of its own (tests say which they mean), no telemetry."""
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
     return {**env, "MLFLOW_DISABLE_TELEMETRY": "true", **(extra or {})}
 
 
@@ -159,13 +164,15 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = START_TIMEOUT_S
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
-    """A plain ``mlflow server`` on a SQLite store at 127.0.0.1:``port`` (its own session), once it answers."""
+def start_mlflow_server(store: Path, port: int, cwd: Path | None = None) -> subprocess.Popen:
+    """A plain ``mlflow server`` on a SQLite store at 127.0.0.1:``port`` (its own session), once it answers.
+    It keeps the artifacts it is sent in ``<cwd>/mlartifacts`` (``cwd``: the store's folder by default)."""
     from mlflow import MlflowClient
 
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd or store.parent,
+                            start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         try:

@@ -106,7 +106,7 @@ def draw(board: Any, path: Path, backbone: str) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    console.print(f"plot written to {path}")
+    console.print(f"plot written to {path}", highlight=False, markup=False)
 
 
 def _sha256(path: Path) -> str:
@@ -214,9 +214,11 @@ def export(
         card["sha256"] = files
         (stage / "card.json").write_text(json.dumps(card, indent=2, default=str))
         _publish(stage, out)
-    console.print(f"exported {backbone}/{task}/{row.method} (test {row.test_acc_mean:.2f}%) to {out}", highlight=False)
+    console.print(f"exported {backbone}/{task}/{row.method} (test {row.test_acc_mean:.2f}%) to {out}", highlight=False,
+                  markup=False)
     if card["merged"]:
-        console.print(f"load it with plain timm:\n  {load}", highlight=False, soft_wrap=True)  # one line to copy
+        console.print(f"load it with plain timm:\n  {load}", highlight=False, markup=False,
+                      soft_wrap=True)  # one line to copy
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import click
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -204,7 +205,7 @@ def show_plan(p: presets.Preset, settings: Settings, gpus: int) -> None:
 
 def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
     console.print(f"[bold]sweep {settings.name}[/]: {', '.join(p.backbones)} × {len(p.tasks)} tasks × "
-                  f"{', '.join(p.methods)}; workdir {settings.workdir}", highlight=False)
+                  f"{', '.join(p.methods)}; workdir {escape(str(settings.workdir))}", highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[note]}"), console=console) as progress:
         bar = progress.add_task("starting", total=None, note="")
@@ -237,7 +238,7 @@ def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
                 highlight=False)
 
         def warning(message: str) -> None:
-            progress.console.print(f"  [yellow]warning:[/] {message}", highlight=False)
+            progress.console.print(f"  [yellow]warning:[/] {escape(message)}", highlight=False)
 
         links: dict[str, str] = {}
         hooks = Hooks(on_step=step, on_plan=planned, on_trial_start=trial_start, on_trial_done=trial_done,
@@ -247,11 +248,11 @@ def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
     for backbone in p.backbones:
         print_board(engine, backbone, p.suite)
     console.print(f"leaderboard: alorectl leaderboard --backbone {p.backbones[0]} --suite {p.suite} "
-                  f"--workdir {settings.workdir}", highlight=False)
+                  f"--workdir {escape(str(settings.workdir))}", highlight=False)
     server = settings.tracking_uri.startswith(("http://", "https://"))
     base = split_credentials(settings.tracking_uri) if server else UI_URL
-    console.print(f"MLflow UI:   {base}" if server else f"MLflow UI:   alorectl ui --workdir {settings.workdir}   "
-                  "then open:", highlight=False)
+    ui = f"MLflow UI:   {base}" if server else f"MLflow UI:   alorectl ui --workdir {settings.workdir}   then open:"
+    console.print(escape(ui), highlight=False)
     for name, experiment_id in sorted(links.items(), key=lambda kv: "leaderboard" not in kv[0]):
         console.print(f"  {name}: {experiment_url(base, experiment_id, view=VIEW_ID)}", highlight=False,
                       soft_wrap=True)
