@@ -223,6 +223,8 @@ ROWS = [
     Row("export-nothing-recorded", [*EXPORT, "--task", "digits"], NO_SWEEP),
     Row("sweep-status-nothing-recorded", ["sweep", "status", "tiny", "--workdir", "{tmp}"], NO_SWEEP),
     Row("sweep-resume-nothing-recorded", ["sweep", "resume", "tiny", "--workdir", "{tmp}"], NO_SWEEP),
+    Row("analyze-nothing-recorded", ["analyze", "experts", "--backbone", "demo", "--task", "digits", "--workdir",
+                                     "{tmp}"], "no sweep has run in this workdir ({tmp}); pass --from DIR"),
     # reading commands on a recorded result (demo/digits/alore of sweep 'handmade')
     Row("leaderboard-unknown-suite", [*BOARD, "--backbone", "demo", "--suite", "vtb"],
         "unknown suite 'vtb'; valid choices: fgvc, vtab", setup=recorded),

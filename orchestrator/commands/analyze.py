@@ -29,7 +29,7 @@ from alore.methods import get_method
 
 from ..app import App, console, err_console, split_csv
 from ..names import check_name, inside
-from .common import DEFAULT_WORKDIR, DbUrl, TrackingUri, Workdir, db_url
+from .common import DEFAULT_WORKDIR, DbUrl, TrackingUri, Workdir
 from .common import tracking_uri as resolve_tracking_uri
 
 app = App(help="The paper's analyses of a finished run: experts (table 22), attention maps (figures 4, 7), "
@@ -39,6 +39,7 @@ FORMATS = ("table", "json", "csv")
 
 Backbone = Annotated[str | None, typer.Option(help="backbone of the cell (read from the adapter with --from)")]
 Task = Annotated[str | None, typer.Option(help="task of the cell (read from the adapter with --from)")]
+ExpertMethod = Annotated[str | None, typer.Option(help="alore or alore_attn (default alore)")]
 SweepName = Annotated[str | None, typer.Option("--sweep", help="take the result of this sweep (default: the newest)")]
 Weights = Annotated[str | None, typer.Option(
     help="backbone weights file (default: the run's own; demo: <workdir>/data/demo.safetensors)")]
@@ -90,16 +91,10 @@ def _from_store(workdir: Path, db_flag: str | None, backbone: str, task: str, me
     """(cell folder, result row) from the leaderboard database; never creates one."""
     from alorectl import db
 
-    url = db_url(workdir, db_flag)
-    if db_flag is None and not (workdir / "leaderboard.db").is_file():
-        raise AloreError(f"no sweep has run in {workdir}; pass --from DIR")
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise AloreError(f"no leaderboard database at {url.removeprefix('sqlite:///')}; pass --from DIR")
-    engine = db.open_existing(url)
-    try:
+    from .results import open_results
+
+    with open_results(workdir, db_flag, remedy="pass --from DIR") as engine:
         row = db.find_result(engine, backbone, task, method, sweep)
-    finally:
-        engine.dispose()
     folder = Path(row.artifact_uri or "")
     if not row.artifact_uri or not (folder / analysis.load.ADAPTER).is_file():
         raise WeightsError(f"the files of {backbone}/{task}/{method} are missing from {row.artifact_uri!r}; "
@@ -240,7 +235,7 @@ def _write(path: Path, text: str) -> Path:
 def experts(
     backbone: Backbone = None,
     task: Task = None,
-    method: Annotated[str | None, typer.Option(help="alore or alore_attn (default alore)")] = None,
+    method: ExpertMethod = None,
     sweep: SweepName = None,
     source: From = None,
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
@@ -288,7 +283,7 @@ def experts(
 def attention(
     backbone: Backbone = None,
     task: Task = None,
-    method: Annotated[str | None, typer.Option(help="alore or alore_attn (default alore)")] = None,
+    method: ExpertMethod = None,
     sweep: SweepName = None,
     source: From = None,
     images: Annotated[int, typer.Option(help="test images (grid rows), one per class in turn")] = 4,

@@ -39,15 +39,17 @@ EXPORT_FILES = ("model.safetensors", "adapter.safetensors", "card.json")
 
 
 @contextmanager
-def open_results(workdir: Path, db_flag: str | None) -> Iterator[Engine]:
-    """The results database, read-only; a work folder where no sweep ran is one clear line, not a new file.
-    Closed on the way out: an open SQLite connection keeps its ``-wal``/``-shm`` files next to the database."""
+def open_results(workdir: Path, db_flag: str | None,
+                 remedy: str = "run one first: alorectl sweep demo") -> Iterator[Engine]:
+    """The results database, read-only; a work folder where no sweep ran is one clear line (ending in
+    ``remedy``), not a new file. Closed on the way out: an open SQLite connection keeps its ``-wal``/``-shm``
+    files next to the database."""
     url = defaults.db_url(workdir, db_flag)
     try:
         engine = db.open_existing(url)
     except db.DatabaseNotFoundError:
         where = f"this workdir ({workdir.resolve()})" if db_flag is None else f"the database {db.mask_url(url)}"
-        raise AloreError(f"no sweep has run in {where}; run one first: alorectl sweep demo") from None
+        raise AloreError(f"no sweep has run in {where}; {remedy}") from None
     try:
         yield engine
     finally:
