@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import alore.data as data
 from alore.data import decoded, demo
 from alore.errors import DataError, UnknownChoiceError
-from alorectl.commands import data as data_cli
+from alorectl.cli import data as data_cli
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 

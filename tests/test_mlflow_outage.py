@@ -14,9 +14,9 @@ import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from alorectl import preset as presets
+from alorectl.sweep import preset as presets
 from alorectl.cli import app
-from alorectl.sweep import Hooks, Settings, run_sweep
+from alorectl.sweep.driver import Hooks, Settings, run_sweep
 from ui_utils import free_port, start_mlflow_server
 
 runner = CliRunner()
@@ -109,7 +109,7 @@ def test_a_run_cut_short_after_create_run_is_redone_not_completed_empty(tmp_path
     log that run whole (params, one val_acc step per epoch), never mark the empty run finished."""
     import ray
 
-    from alorectl.tracking import Tracker, TrackingUnavailable
+    from alorectl.tracking.client import Tracker, TrackingUnavailable
 
     work = tmp_path / "work"
     real_log = Tracker.log
@@ -122,7 +122,7 @@ def test_a_run_cut_short_after_create_run_is_redone_not_completed_empty(tmp_path
         return real_log(self, run_id, params=params, **kwargs)
 
     monkeypatch.setattr(Tracker, "log", flaky_log)
-    monkeypatch.setattr("alorectl.track.RETRY_AFTER_S", 0.0)
+    monkeypatch.setattr("alorectl.tracking.observer.RETRY_AFTER_S", 0.0)
     settings = Settings.embedded("cut", work)
     try:
         run_sweep(presets.load(str(tiny)), settings, Hooks())

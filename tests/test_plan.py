@@ -10,10 +10,10 @@ import pytest
 from ray.tune.search import Searcher
 from typer.testing import CliRunner
 
-from alorectl import plan as planning
-from alorectl import preset as presets
+from alorectl.sweep import plan as planning
+from alorectl.sweep import preset as presets
 from alorectl.cli import app
-from alorectl.searcher import SweepSearcher
+from alorectl.sweep.searcher import SweepSearcher
 
 COSTS = {"vit_b": 1.0, "vit_l": 3.5, "vit_h": 9.5, "demo": 0.01}
 

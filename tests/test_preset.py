@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from alore.errors import ConfigError, UnknownChoiceError
-from alorectl import preset as presets
-from alorectl.names import check_name, inside
+from alorectl.sweep import preset as presets
+from alorectl.security import check_name, inside
 
 GOOD = {
     "suite": "vtab",
@@ -144,7 +144,7 @@ def test_warmup_is_ten_percent_and_follows_epochs_unless_set(tmp_path) -> None:
 
 
 def test_cli_flags_are_validated_and_move_a_derived_warmup(tmp_path) -> None:
-    from alorectl.commands.sweep import apply_flags  # imports Ray, starts nothing
+    from alorectl.cli.sweep import apply_flags  # imports Ray, starts nothing
 
     p = presets.load(write(tmp_path, with_(train={"epochs": 100, "batch_size": 32})))
     assert apply_flags(p, epochs=30).warmup_epochs == 3

@@ -31,8 +31,8 @@ from typer.testing import CliRunner
 from alorectl import db
 from alorectl.cli import app
 from alorectl.db.urls import mask_text
-from alorectl.ui_links import VIEW_ID, experiment_url
-from alorectl.tracking import flatten
+from alorectl.tracking.links import VIEW_ID, experiment_url
+from alorectl.tracking.client import flatten
 from ui_utils import (alorectl, cmdline, free_port, is_loopback, listening, make_leaderboard_store, process_tree,
                       running_ui, start_mlflow_server, stop)
 
@@ -287,7 +287,7 @@ def test_an_unrecorded_sweep_never_restores_a_folder_it_finds(recorded, demo_dir
 
 
 def test_new_work_folders_are_owner_only(tmp_path) -> None:
-    from alorectl.run import make_private
+    from alorectl.security import make_private
 
     make_private(tmp_path / "w" / "ray")
     for p in (tmp_path / "w", tmp_path / "w" / "ray"):
@@ -371,7 +371,7 @@ def test_an_embedded_ray_listens_on_loopback_only(tmp_path) -> None:
     """Ray's GCS, raylet, object manager, runtime-env agent and every worker: nothing on 0.0.0.0 or ::."""
     import ray
 
-    from alorectl.run import RAY_CLUSTER_SWITCH_ENV, start_ray
+    from alorectl.sweep.experiment import RAY_CLUSTER_SWITCH_ENV, start_ray
 
     from ray._private import ray_constants
 

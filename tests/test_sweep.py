@@ -232,7 +232,7 @@ def test_the_ui_opens_the_sweeps_leaderboard_as_the_ranked_table(swept, browser,
     from test_ui_browser import read_runs_table
     from ui_utils import running_ui
 
-    from alorectl.ui_links import VIEW_ID, experiment_url
+    from alorectl.tracking.links import VIEW_ID, experiment_url
 
     work, _, _ = swept
     uri = f"sqlite:///{work / 'mlflow.db'}"

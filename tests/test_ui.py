@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from alorectl.ui_links import VIEW_ID, experiment_url
+from alorectl.tracking.links import VIEW_ID, experiment_url
 from ui_utils import alorectl, cmdline, is_loopback, listening, make_leaderboard_store, process_tree, running_ui
 
 

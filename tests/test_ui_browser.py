@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from ui_utils import METHODS, make_leaderboard_store, running_ui
 
-from alorectl.ui_links import VIEW_ID, experiment_url, metric_column
+from alorectl.tracking.links import VIEW_ID, experiment_url, metric_column
 
 RUN_NAME_COLUMN = "attributes.`Run Name`"
 RENDER_TIMEOUT_S = 45

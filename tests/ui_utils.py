@@ -1,7 +1,7 @@
 """Shared by the ``alorectl ui`` tests: a tiny leaderboard store and a UI started as a real process.
 
 The store is laid out like the sweep's ``alore/leaderboard/<backbone>``
-experiment (:mod:`alorectl.track`): one FINISHED run per method, named by
+experiment (:mod:`alorectl.tracking.observer`): one FINISHED run per method, named by
 the method, with a metric per task, the group mean, ``all_mean``, ``params_m``
 and the chosen configuration per task as parameters.
 """
@@ -63,7 +63,7 @@ def make_leaderboard_store(uri: str, backbone: str = "demo", with_view: bool = T
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    from alorectl.ui_links import setup_experiment
+    from alorectl.tracking.links import setup_experiment
 
     client = MlflowClient(uri)
     client.create_experiment("someone-else")  # not alore's: `alorectl ui` must not list it

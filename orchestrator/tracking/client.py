@@ -6,7 +6,7 @@ never need the tracking URI (so the Ray pitfall of trials logging to a local
 ``mlruns`` cannot happen). Every write is keyed by tags and safe to repeat: a
 resumed sweep finds its runs again instead of duplicating them.
 
-What is logged where is :mod:`alorectl.track`; this module is the guarded
+What is logged where is :mod:`alorectl.tracking.observer`; this module is the guarded
 client: every failure becomes :class:`TrackingUnavailable` with no credentials.
 """
 
@@ -101,7 +101,7 @@ class Tracker:
     @guarded
     def describe(self, experiment_id: str, text: str, **view: Any) -> None:
         """The experiment's description and the saved runs-table view (columns, sort) the UI opens."""
-        from .ui_links import setup_experiment
+        from .links import setup_experiment
 
         setup_experiment(self.client, experiment_id, text, **view)
 

@@ -11,7 +11,7 @@ import alore
 from alore.errors import AloreError
 from alore.methods import get_method
 
-from ..app import console, print_json, split_csv
+from .app import console, print_json, split_csv
 
 
 def count_rows(backbone: str, methods: list[str], num_classes: int) -> list[dict]:

@@ -12,10 +12,12 @@ its folder.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 
-from alore.errors import ConfigError
+from alore.errors import AloreError, ConfigError
 
 # No '/', no '\\', no leading '.' or '-' (so not '.', '..', or something that reads as a flag), no '..' anywhere.
 # No "__" either: it joins the names of a cell in its keys and folder names (``demo__digits__alore``).
@@ -47,3 +49,30 @@ def inside(folder: Path, *parts: str) -> Path:
     if parts and (path == base or not path.is_relative_to(base)):
         raise ConfigError(f"path {'/'.join(parts)!r} escapes {base}: refusing to write outside it")
     return path
+
+
+class UntrustedFolderError(AloreError):
+    """A folder Tune would unpickle from could have been written by someone else."""
+
+
+def make_private(folder: Path) -> None:
+    """Create ``folder`` (and missing parents) owner-only; an existing folder is checked, not changed."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for p in reversed(missing):  # mkdir(parents=True) would give the parents the default mode
+        p.mkdir(mode=0o700, exist_ok=True)
+    check_trusted(folder)
+
+
+def check_trusted(path: Path) -> None:
+    """Refuse a path another user owns or could have written (group/world-writable), the folder itself
+    and every file in it that Tune unpickles."""
+    targets = [path] + ([p for p in path.iterdir() if p.suffix in (".pkl", ".json")] if path.is_dir() else [])
+    for p in targets:
+        st = p.lstat()
+        if st.st_uid != os.getuid():
+            raise UntrustedFolderError(f"refusing to use {p}: owned by uid {st.st_uid}, not by you (uid "
+                                       f"{os.getuid()}); Ray Tune unpickles files from it. Use a work folder you own")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UntrustedFolderError(f"refusing to use {p}: writable by group or others (mode "
+                                       f"{stat.S_IMODE(st.st_mode):o}); Ray Tune unpickles files from it. "
+                                       f"Fix it with: chmod go-w {p}")

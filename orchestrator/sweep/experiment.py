@@ -2,7 +2,7 @@
 
 The experiment lives in ``<workdir>/ray/<sweep>``; a trial's folder is named by
 its spec (``<backbone>__<task>__<method>__search-03``). The searcher
-(:mod:`alorectl.searcher`) hands out search trials of every cell, costliest
+(:mod:`alorectl.sweep.searcher`) hands out search trials of every cell, costliest
 first, and a cell's final trials as soon as its search ends; Ray places them on
 whatever slot is free. ``ConcurrencyLimiter`` is the one bound on trials in
 flight (``--max-concurrent-trials``; by default the cluster's slots), which is
@@ -35,16 +35,12 @@ from ray.tune.search import ConcurrencyLimiter
 
 from alore.errors import AloreError
 
-from .names import inside
+from alorectl.security import check_trusted, inside, make_private
 from .plan import SweepPlan, TrialSpec
 from .searcher import METRIC, MODE, SweepSearcher
 from .trial import run_trial
 
 RAY_DIR = "ray"  # <workdir>/ray/<sweep>: the one place the storage layout is spelled
-
-
-class UntrustedFolderError(AloreError):
-    """A folder Tune would unpickle from could have been written by someone else."""
 
 
 def storage(workdir: Path) -> Path:
@@ -57,29 +53,6 @@ def experiment_dir(workdir: Path, sweep: str) -> Path:
 
 def trial_dir(workdir: Path, spec: TrialSpec, sweep: str) -> Path:
     return inside(experiment_dir(workdir, sweep), spec.dirname)
-
-
-def make_private(folder: Path) -> None:
-    """Create ``folder`` (and missing parents) owner-only; an existing folder is checked, not changed."""
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    for p in reversed(missing):  # mkdir(parents=True) would give the parents the default mode
-        p.mkdir(mode=0o700, exist_ok=True)
-    check_trusted(folder)
-
-
-def check_trusted(path: Path) -> None:
-    """Refuse a path another user owns or could have written (group/world-writable), the folder itself
-    and every file in it that Tune unpickles."""
-    targets = [path] + ([p for p in path.iterdir() if p.suffix in (".pkl", ".json")] if path.is_dir() else [])
-    for p in targets:
-        st = p.lstat()
-        if st.st_uid != os.getuid():
-            raise UntrustedFolderError(f"refusing to use {p}: owned by uid {st.st_uid}, not by you (uid "
-                                       f"{os.getuid()}); Ray Tune unpickles files from it. Use a work folder you own")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise UntrustedFolderError(f"refusing to use {p}: writable by group or others (mode "
-                                       f"{stat.S_IMODE(st.st_mode):o}); Ray Tune unpickles files from it. "
-                                       f"Fix it with: chmod go-w {p}")
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:

@@ -12,7 +12,7 @@ from alore.benchmark import check_args, inference_rows
 from alore.device import pick_device
 from alore.errors import ConfigError, DataError, UnknownChoiceError
 
-from ..app import App, console, print_json, split_csv
+from .app import App, console, print_json, split_csv
 
 app = App(help="Benchmarks: tables of ratios measured in one run.")
 
@@ -88,7 +88,7 @@ def sweep(
     """One multi-cell demo sweep on 1 and on 2 trial slots: makespan, slot occupancy, speedup, overhead."""
     from alore.data import DEMO_TASKS
     from alore.methods import get_method
-    from alorectl.sweep_bench import bench_sweep
+    from alorectl.bench.sweep import bench_sweep
 
     task_list, method_list = split_csv(tasks), split_csv(methods)
     for t in task_list:

@@ -1,9 +1,9 @@
 """The sweep driver: plan → run → record → track.
 
-    preset + flags ──plan──> SweepPlan (cells, trial specs)          alorectl.plan
-                   ──run───> one Tune experiment, every cell at once  alorectl.run / searcher / trial
-                   ──record> database rows, each written once         alorectl.record
-                   ──track─> MLflow, mirroring what was recorded      alorectl.track
+    preset + flags ──plan──> SweepPlan (cells, trial specs)          alorectl.sweep.plan
+                   ──run───> one Tune experiment, every cell at once  alorectl.sweep.experiment / searcher / trial
+                   ──record> database rows, each written once         alorectl.sweep.record
+                   ──track─> MLflow, mirroring what was recorded      alorectl.tracking.observer
 
 Each cell (backbone × task × method) is searched on the ``search`` protocol
 (train800 → val200), then its best configuration (chosen on val200 only) is
@@ -27,12 +27,13 @@ from alore.data import DEMO_TASKS, task_info, write_demo_dataset
 from alore.errors import AloreError, DataError
 from alorectl.db.urls import mask_text, mask_url
 
-from . import defaults, names, run
+from alorectl import defaults, security
+from . import experiment as run
 from . import plan as planning
 from .preset import Preset
 from .record import CellResult, Recorder, TrialOutcome
-from .track import Background, Track
-from .tracking import Tracker
+from alorectl.tracking.observer import Background, Track
+from alorectl.tracking.client import Tracker
 
 LEADERBOARD_EVERY_S = 60.0  # the MLflow leaderboard is refreshed at most this often while a sweep runs
 
@@ -51,7 +52,7 @@ class Settings:
     @classmethod
     def embedded(cls, name: str, workdir: Path, tracking_uri: str | None = None, db_url: str | None = None,
                  address: str | None = None, max_concurrent: int | None = None) -> Settings:
-        names.check_name("sweep", name)
+        security.check_name("sweep", name)
         workdir = workdir.resolve()
         return cls(name, workdir, defaults.tracking_uri(workdir, tracking_uri), defaults.db_url(workdir, db_url),
                    address, max_concurrent)
@@ -95,7 +96,7 @@ def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True) -> tuple[P
         # The demo makes its own data (and demo backbone) in its work folder the first time.
         from alore.demo_backbone import write_demo_weights
 
-        run.make_private(workdir)
+        security.make_private(workdir)
 
         write_demo_dataset(root.parent)
         write_demo_weights(root.parent)
@@ -284,10 +285,10 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
     if settings.address:
         run.check_address(settings.address)  # seconds, and before anything is written
     if settings.db_url.startswith("sqlite") and not settings.workdir.exists():
-        run.make_private(settings.workdir)  # owner-only from the start: the embedded database lives in it
+        security.make_private(settings.workdir)  # owner-only from the start: the embedded database lives in it
     engine = db.connect(settings.db_url)
     recorded = settings.name in db.sweep_names(engine)
-    run.make_private(settings.workdir)
+    security.make_private(settings.workdir)
     run.check_experiment(settings.workdir, settings.name, restore=resume or recorded)
     sweep_config = {**preset.to_dict(), "tracking_uri": mask_text(settings.tracking_uri),
                     "db": mask_url(settings.db_url), "weights_used": {b: _shown(w) for b, w in _weights(plan).items()}}

@@ -14,17 +14,17 @@ from rich.table import Table
 
 from alorectl import db
 from alore.errors import ConfigError, UnknownChoiceError
-from alorectl import plan as planning
-from alorectl import preset as presets
-from alorectl.sweep import Hooks, Settings, make_plan, run_sweep
-from alorectl.timing import timing
-from alorectl.tracking import split_credentials
-from alorectl.ui_links import VIEW_ID, experiment_url
+from alorectl.sweep import plan as planning
+from alorectl.sweep import preset as presets
+from alorectl.sweep.driver import Hooks, Settings, make_plan, run_sweep
+from alorectl.sweep.timing import timing
+from alorectl.tracking.client import split_credentials
+from alorectl.tracking.links import VIEW_ID, experiment_url
 
-from ..app import App, OneLineGroup, console, print_json, split_csv
-from .board import print_board
+from .app import App, OneLineGroup, console, print_json, split_csv
+from alorectl.results.render import print_board
 from .results import open_results
-from .common import DEFAULT_WORKDIR, Address, DbUrl, TrackingUri, Workdir
+from .options import DEFAULT_WORKDIR, Address, DbUrl, TrackingUri, Workdir
 
 
 class ShortcutGroup(OneLineGroup):
@@ -246,7 +246,7 @@ def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
         run_sweep(p, settings, hooks, resume=resume)
     engine = db.connect(settings.db_url)
     for backbone in p.backbones:
-        print_board(engine, backbone, p.suite)
+        print_board(console, engine, backbone, p.suite)
     console.print(f"leaderboard: alorectl leaderboard --backbone {p.backbones[0]} --suite {p.suite} "
                   f"--workdir {escape(str(settings.workdir))}", highlight=False)
     server = settings.tracking_uri.startswith(("http://", "https://"))

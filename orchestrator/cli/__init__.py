@@ -7,8 +7,7 @@ import sys
 from alorectl.db.urls import mask_text
 
 from .app import App, err_console
-from .commands import bench, data, merge_check, params, results, sweep, train, ui
-from .commands import analyze
+from . import analyze, bench, data, merge_check, params, results, sweep, train, ui
 
 app = App(name="alorectl", help="ALoRE and baseline PETL methods on timm backbones: train, sweep, rank, export.")
 app.command("params")(params.params)
@@ -30,6 +29,3 @@ def main() -> None:
                           "machine (ps); pass it through ALORE_DB or MLFLOW_TRACKING_URI instead", highlight=False)
     app()
 
-
-if __name__ == "__main__":
-    main()

@@ -26,12 +26,12 @@ from alorectl import db
 from alore.backbones import create_backbone, data_config, resolve
 from alore.data import SUITES, Preprocess
 from alore.errors import AloreError, UnknownChoiceError
-from alorectl.leaderboard_view import build, check_choices
+from alorectl.results.leaderboard import build, check_choices
 
-from .. import defaults
-from ..app import console, fail
-from .board import board_table
-from .common import DEFAULT_WORKDIR, DbUrl, TrackingUri, Workdir
+from alorectl import defaults
+from .app import console, fail
+from alorectl.results.render import board_table
+from .options import DEFAULT_WORKDIR, DbUrl, TrackingUri, Workdir
 
 FORMATS = ("table", "markdown", "csv", "json")
 #: What an export folder holds; ``--force`` replaces exactly these.

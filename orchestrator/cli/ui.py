@@ -1,7 +1,7 @@
 """``alorectl ui``: the MLflow UI on a sweep's tracking store.
 
 The command prints a deep link per ``alore/*`` experiment (straight into the
-runs table, see :mod:`alorectl.ui_links`) and then *becomes* ``mlflow
+runs table, see :mod:`alorectl.tracking.links`) and then *becomes* ``mlflow
 server`` (``os.execvpe``): no idle ``alorectl`` parent holding the CLI's
 imports while the UI runs.
 
@@ -32,9 +32,9 @@ import typer
 from alore.errors import AloreError, ConfigError
 from alorectl.db.urls import mask_text
 
-from .. import defaults
-from ..tracking import split_credentials
-from .common import DEFAULT_WORKDIR, TrackingUri, Workdir
+from alorectl import defaults
+from alorectl.tracking.client import split_credentials
+from .options import DEFAULT_WORKDIR, TrackingUri, Workdir
 
 PORTS = range(1, 65536)
 
@@ -74,7 +74,7 @@ def _print_links(uri: str, base: str) -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema chatter on first open
     from mlflow import MlflowClient
 
-    from ..ui_links import experiment_links
+    from alorectl.tracking.links import experiment_links
 
     try:
         links = experiment_links(MlflowClient(uri), base)

@@ -13,7 +13,7 @@ from alore.api import merge_error
 from alore.backbones import data_config
 from alore.methods import get_method
 
-from ..app import console, fail, print_json, split_csv
+from .app import console, fail, print_json, split_csv
 
 
 def check_merge(

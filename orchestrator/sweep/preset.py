@@ -2,7 +2,7 @@
 
 A user adds a preset by dropping a YAML file in ``sweeps/`` or passing its path.
 Everything a trial would trip over later is checked here, before Ray starts:
-names (the one safe pattern of :mod:`alorectl.names`), every section's
+names (the one safe pattern of :mod:`alorectl.security`), every section's
 shape and types, the train section by :class:`alore.train.TrainConfig`'s rules,
 and every point of every method's grid through the method's own config class.
 Each mistake is one line naming the file, the key, the bad value and what is
@@ -32,10 +32,10 @@ from alore.errors import AloreError, ConfigError, UnknownChoiceError
 from alore.methods import get_method
 from alore.train import TrainConfig
 
-from .names import check_name
+from alorectl.security import check_name
 
 PACKAGE = "alorectl.sweeps"  # where the presets live once installed as package data
-REPO_SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+REPO_SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 SEARCH_ALGORITHMS = ("optuna", "grid")
 SCHEDULERS = ("fifo", "asha")
 SHARED_SPACE = ("lr", "weight_decay", "dropout")

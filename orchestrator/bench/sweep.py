@@ -17,9 +17,9 @@ from typing import Any
 from alore.data import write_demo_dataset
 from alore.demo_backbone import write_demo_weights
 
-from .preset import Preset
-from .sweep import Hooks, Settings, run_sweep
-from .timing import timing
+from alorectl.sweep.preset import Preset
+from alorectl.sweep.driver import Hooks, Settings, run_sweep
+from alorectl.sweep.timing import timing
 
 
 def bench_preset(data: Path, tasks: list[str], methods: list[str], trials: int, epochs: int) -> Preset:

@@ -1,6 +1,6 @@
 """Track: MLflow as an observer of recorded results.
 
-Every result reaches the database first (:mod:`alorectl.record`); this
+Every result reaches the database first (:mod:`alorectl.sweep.record`); this
 layer then mirrors it into MLflow. What is not yet in MLflow is exactly what the
 database holds without an MLflow run id, so the pending queue *is* the database:
 a tracking server that went away, or a driver killed mid-logging, leaves rows
@@ -33,9 +33,9 @@ from typing import Any
 
 from alorectl import db
 
-from .plan import SHORT, Cell, SweepPlan, searched_params
-from .record import CellResult, TrialOutcome
-from .tracking import Tracker, TrackingUnavailable
+from alorectl.sweep.plan import SHORT, Cell, SweepPlan, searched_params
+from alorectl.sweep.record import CellResult, TrialOutcome
+from .client import Tracker, TrackingUnavailable
 
 RETRY_AFTER_S = 60.0  # after a failure, calls are skipped (left pending) for this long
 
@@ -181,7 +181,7 @@ class Track:
 
     def _leaderboard(self, engine: Any, backbone: str, suite: str) -> bool:
         """One run per method, updated in place as results arrive: the runs table is the paper's table 2."""
-        from .leaderboard_view import build
+        from alorectl.results.leaderboard import build
 
         board = build(engine, backbone, suite)
         experiment = self.tracker.experiment(leaderboard_name(backbone))

@@ -29,7 +29,7 @@ from alore.data.splits import require_root
 from alore.errors import ConfigError
 from alore.train import Callbacks, TrainConfig, check_resume, fit, read_checkpoint
 
-from ..app import console, err_console, print_json
+from .app import console, err_console, print_json
 
 
 class ProgressCallbacks(Callbacks):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 
 from alorectl import db
-
-from ..app import console
 
 
 def board_table(board: Any, backbone: str, suite: str) -> Table:
@@ -21,8 +20,8 @@ def board_table(board: Any, backbone: str, suite: str) -> Table:
     return table
 
 
-def print_board(engine: Any, backbone: str, suite: str) -> None:
-    from alorectl.leaderboard_view import build
+def print_board(console: Console, engine: Any, backbone: str, suite: str) -> None:
+    from .leaderboard import build
 
     board = build(engine, backbone, suite)
     if board.rows:

@@ -13,7 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ..app import App, fail, print_json, split_csv
+from .app import App, fail, print_json, split_csv
 
 # App: every command's AloreError becomes one "error: ..." line on stderr and exit 2.
 app = App(help="Check VTAB-1k / FGVC folders on disk and write the offline demo dataset.")

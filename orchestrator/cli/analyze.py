@@ -27,10 +27,10 @@ from alore.device import autocast_for, pick_device
 from alore.errors import AloreError, ConfigError, UnknownChoiceError, WeightsError
 from alore.methods import get_method
 
-from ..app import App, console, err_console, split_csv
-from ..names import check_name, inside
-from .common import DEFAULT_WORKDIR, DbUrl, TrackingUri, Workdir
-from .common import tracking_uri as resolve_tracking_uri
+from .app import App, console, err_console, split_csv
+from alorectl.security import check_name, inside
+from .options import DEFAULT_WORKDIR, DbUrl, TrackingUri, Workdir
+from .options import tracking_uri as resolve_tracking_uri
 
 app = App(help="The paper's analyses of a finished run: experts (table 22), attention maps (figures 4, 7), "
                "t-SNE of [CLS] embeddings (figure 5).")
@@ -204,7 +204,7 @@ def log_to_mlflow(workdir: Path, flag: str | None, run_id: str | None, paths: li
         warn(f"MLflow store {mask_text(uri)} not found; the analysis is kept locally only")
         return
     try:
-        import alorectl.tracking  # noqa: F401  (short HTTP retries: an absent server costs seconds)
+        import alorectl.tracking.client  # noqa: F401  (short HTTP retries: an absent server costs seconds)
         from mlflow import MlflowClient
 
         client = MlflowClient(uri)

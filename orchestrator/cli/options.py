@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..defaults import db_url, tracking_uri  # noqa: F401  (the commands' shared defaults)
+from alorectl.defaults import db_url, tracking_uri  # noqa: F401  (the commands' shared defaults)
 
 Workdir = Annotated[Path, typer.Option(help="work folder: Ray storage, MLflow store, leaderboard, artifacts",
                                        envvar="ALORE_WORKDIR")]

@@ -1,0 +1,5 @@
+"""``python -m alorectl.cli`` runs the CLI."""
+
+from . import main
+
+main()
