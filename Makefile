@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 WORKDIR ?= work
 
-.PHONY: test demo install clean
+.PHONY: test check demo install clean
 
 install: $(STAMP)
 
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The fast lane for development: no multi-node Ray, browser, PostgreSQL or end-to-end sweeps.
+check: $(STAMP)
+	$(PY) -m pytest -q -m "not cluster and not browser and not postgresql and not slow"
 
 # The embedded sweep: local Ray, SQLite MLflow store and leaderboard in $(WORKDIR); digits data and
 # the demo backbone are generated there the first time. Run it again and it resumes (nothing reruns).
