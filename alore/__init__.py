@@ -6,6 +6,7 @@
     plain = alore.merge(model)               # a plain timm ViT with the adapter folded in
 """
 
+from . import state
 from .api import apply, count_trainable, merge, mergeable_methods
 from .backbones import BACKBONES, create_backbone
 from .errors import AloreError

@@ -15,15 +15,17 @@ from safetensors.torch import load_file, save_file
 
 from .backbones import build, create_backbone, is_head_param, resolve
 from .errors import ConfigError, NotMergeableError, WeightsError
+from .files import atomic_path
 from .methods import METHODS, get_method
 from .methods.base import unwrap_all
+from . import state as alore_state
 
 
 def apply(model: nn.Module, method: str, **overrides: Any) -> nn.Module:
     """Freeze the backbone, insert ``method`` (paper defaults, changed by ``overrides``), keep the head trainable."""
     spec = get_method(method)
-    if getattr(model, "alore_method", None):
-        raise ConfigError(f"this model is already adapted with {model.alore_method['name']!r}; "
+    if alore_state.of(model).method:
+        raise ConfigError(f"this model is already adapted with {alore_state.of(model).method!r}; "
                           "create a fresh backbone to apply another method")
     config = spec.config_cls.from_overrides(overrides)
     ref = next(model.parameters())
@@ -33,7 +35,7 @@ def apply(model: nn.Module, method: str, **overrides: Any) -> nn.Module:
     for name, p in model.named_parameters():
         if is_head_param(model, name):
             p.requires_grad_(True)
-    model.alore_method = {"name": method, "config": config.to_dict()}
+    alore_state.attach(model, method=method, config=config.to_dict())
     return model
 
 
@@ -53,23 +55,23 @@ def merge(model: nn.Module) -> nn.Module:
     the folded state dict with ``strict=True``: same keys as the backbone, same outputs
     as the adapted model in eval mode, and the backbone's inference cost.
     """
-    info = getattr(model, "alore_method", None)
-    backbone = getattr(model, "alore_backbone", None)
-    if info is None or backbone is None:
+    state = alore_state.of(model)
+    backbone = state.backbone
+    if state.method is None or backbone is None:
         raise ConfigError("merge needs a model made by alore.create_backbone and adapted by alore.apply")
-    if not get_method(info["name"]).mergeable:
-        raise NotMergeableError(f"method {info['name']!r} adds computation that cannot be folded into the backbone; "
+    if not get_method(state.method).mergeable:
+        raise NotMergeableError(f"method {state.method!r} adds computation that cannot be folded into the backbone; "
                                 f"mergeable methods: {', '.join(mergeable_methods())}")
     folded = copy.deepcopy(model)
     unwrap_all(folded)
-    for attr in getattr(model, "alore_owned", ()):
+    for attr in state.owned:
         delattr(folded, attr)
     ref = next(model.parameters())
-    spec = resolve(backbone["name"])
+    spec = resolve(backbone.name)
     with torch.device(ref.device):
-        plain = build(spec, backbone["num_classes"]).to(ref.dtype)
+        plain = build(spec, backbone.num_classes).to(ref.dtype)
     plain.load_state_dict(folded.state_dict(), strict=True)
-    plain.alore_backbone = dict(backbone)
+    alore_state.attach(plain, backbone=backbone)
     plain.train(model.training)
     return plain
 
@@ -88,8 +90,8 @@ def merge_error(adapted: nn.Module, plain: nn.Module, inputs: torch.Tensor) -> f
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """What the method added or trained: its parameters and buffers, the head, and trained backbone tensors."""
-    backbone = model.alore_backbone
-    plain = set(create_backbone(backbone["name"], backbone["num_classes"], device="meta").state_dict())
+    backbone = alore_state.of(model).backbone
+    plain = set(create_backbone(backbone.name, backbone.num_classes, device="meta").state_dict())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
             if k in trainable or k.replace(".base_layer", "") not in plain}
@@ -98,10 +100,9 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
     """Write safetensors atomically, with JSON-encoded metadata values."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in metadata.items()})
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,9 @@ from typing import Any
 from torch import nn
 
 from .api import adapter_state_dict, merge, merge_error, save_weights
+from . import state as alore_state
 from .errors import AloreError
+from .files import write_text
 from .methods import get_method
 
 MERGE_TOLERANCE = 1e-4  # relative error of merged vs adapted outputs, float32
@@ -22,10 +25,11 @@ def write_run_files(out: Path, metrics: dict[str, Any], model: nn.Module, data: 
     images) and ``metrics.json`` into ``out``; ``metrics`` gains ``merge_relative_error``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"backbone": model.alore_backbone, "method": model.alore_method, "task": metrics.get("task"),
+    state = alore_state.of(model)
+    meta = {"backbone": dataclasses.asdict(state.backbone), "method": state.method_info(), "task": metrics.get("task"),
             "num_classes": metrics.get("num_classes")}
     files = {"adapter": save_weights(adapter_state_dict(model), out / ADAPTER, meta)}
-    if get_method(model.alore_method["name"]).mergeable:
+    if get_method(state.method).mergeable:
         plain = merge(model)
         x, _ = next(iter(data.eval.batches(8)))
         model.float(), plain.float()
@@ -35,7 +39,5 @@ def write_run_files(out: Path, metrics: dict[str, Any], model: nn.Module, data: 
             raise AloreError(f"merged weights disagree with the adapted model (relative error {err:.2e} > "
                              f"{MERGE_TOLERANCE}); {MERGED} not written")
         files["merged"] = save_weights(plain.state_dict(), out / MERGED, meta)
-    tmp = out / (METRICS + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    files["metrics"] = tmp.replace(out / METRICS)
+    files["metrics"] = write_text(out / METRICS, json.dumps(metrics, indent=2))
     return files

@@ -1,7 +1,7 @@
 """Backbones: short names for the paper's checkpoints, timm for everything.
 
 A backbone is a timm model name plus creation arguments. The adapted model
-remembers them (``model.alore_backbone``) so that ``merge`` can build a fresh,
+remembers them (``model.alore``, :mod:`alore.state`) so that ``merge`` can build a fresh,
 plain timm model of exactly the same architecture and load the folded weights
 into it with ``strict=True``.
 
@@ -41,7 +41,9 @@ import timm
 import torch
 from torch import nn
 
+from . import state as alore_state
 from .errors import ConfigError, UnknownChoiceError, WeightsError
+from .files import atomic_path
 
 #: ``weights="random"``: random initialisation on purpose (the same as ``None`` here).
 RANDOM = "random"
@@ -184,13 +186,9 @@ def fetch_pretrained(name: str, dest_dir: Path, *, flag: str | None = None) -> P
     from safetensors.torch import save_file
 
     dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:  # another process fetching the same tag writes the same bytes
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
                   metadata={"backbone": name, "timm_tag": tag})
-        os.replace(tmp, path)  # another process fetching the same tag writes the same bytes
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -236,8 +234,7 @@ def create_backbone(
             raise _hub_error(name, pretrained_tag(name), err, "--weights ") from None
     if weights is not None and not hub:
         load_weights(model, weights)
-    model.alore_backbone = {"name": name, "timm_name": spec.timm_name, "kwargs": dict(spec.kwargs),
-                            "num_classes": num_classes}
+    alore_state.attach(model, backbone=alore_state.Backbone(name, spec.timm_name, dict(spec.kwargs), num_classes))
     return model
 
 
@@ -333,7 +330,8 @@ def data_config(model: nn.Module) -> dict[str, Any]:
     """Input size and normalization the backbone was pre-trained with (timm's ``pretrained_cfg``)."""
     cfg = model.pretrained_cfg
     size = cfg.get("input_size", (3, 224, 224))[-1]
-    name = getattr(model, "alore_backbone", {}).get("name")
+    info = alore_state.of(model).backbone
+    name = info.name if info else None
     if name in BACKBONES and BACKBONES[name].image_size:
         size = BACKBONES[name].image_size
     patch_embed = getattr(model, "patch_embed", None)

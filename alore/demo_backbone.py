@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from .backbones import create_backbone, data_config
 from .data import demo_pretrain_arrays
+from .files import atomic_path
 
 WEIGHTS_NAME = "demo.safetensors"
 
@@ -57,8 +58,7 @@ def write_demo_weights(out: str | os.PathLike) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     model = pretrain_demo_backbone()
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-              metadata={"backbone": "demo", "pretrained_on": "held-out sklearn digits"})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata={"backbone": "demo", "pretrained_on": "held-out sklearn digits"})
     return path

@@ -37,3 +37,8 @@ class DataError(AloreError):
 
 class NotMergeableError(AloreError):
     """The method adds computation that cannot be folded into the backbone."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its class name: what a one-line error quotes."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

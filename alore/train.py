@@ -16,10 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import os
 import time
-import types
 import typing
 import warnings
 from pathlib import Path
@@ -30,10 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .api import apply, count_trainable
+from .checks import describe, fits
 from .backbones import HUB, RANDOM, create_backbone, data_config, is_small_test, pretrained_tag
 from .data import PROTOCOLS, SUITES, load_task, task_info
 from .device import autocast_for, pick_device
 from .errors import ConfigError, UnknownChoiceError, WeightsError
+from .files import atomic_path
 from .methods import get_method
 
 CHECKPOINT = "checkpoint.pt"
@@ -109,40 +109,9 @@ def check_method_options(method: str, options: dict[str, Any]) -> Any:
     cls = get_method(method).config_cls
     hints = typing.get_type_hints(cls)
     for key, value in options.items():
-        if key in hints and not _fits(value, hints[key]):
-            raise ConfigError(f"option {key}={value!r} for method {method!r} must be {_describe(hints[key])}")
+        if key in hints and not fits(value, hints[key]):
+            raise ConfigError(f"option {key}={value!r} for method {method!r} must be {describe(hints[key])}")
     return cls.from_overrides(options)
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        return any(_fits(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:  # numbers.*: a search algorithm may hand over numpy scalars
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple):
-        return isinstance(value, (list, tuple)) and (not args or all(_fits(v, args[0]) for v in value))
-    return True  # a type this check does not know: the config's own validation decides
-
-
-def _describe(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        return " or ".join(_describe(a) for a in args)
-    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    if hint in names:
-        return names[hint]
-    if origin in (list, tuple):
-        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
-    return getattr(hint, "__name__", str(hint))
 
 
 def read_checkpoint(folder: str | os.PathLike) -> dict[str, Any] | None:
@@ -225,9 +194,8 @@ def evaluate(model: nn.Module, split: Any, batch_size: int, autocast: Any) -> fl
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a half checkpoint
+    with atomic_path(path) as tmp:  # a crash mid-write never leaves a half checkpoint
+        torch.save(obj, tmp)
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

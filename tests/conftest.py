@@ -1,8 +1,10 @@
 """Shared test set-up: nothing may reach the network, everything is small and seeded."""
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 # Set before timm/huggingface_hub are imported: a test that tried to download fails at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,9 +31,16 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory):
     return out
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "cluster: starts a real multi-node Ray cluster on localhost (slow)")
-    config.addinivalue_line("markers", "postgresql: needs the PostgreSQL server of ALORE_TEST_POSTGRES_URL")
+# Markers (registered in pyproject.toml) follow from what a test uses, so `make check` (the fast lane) needs
+# no list kept by hand: a test that asks for the PostgreSQL server or the browser is marked as such.
+FIXTURE_MARKS = {"postgres_url": "postgresql", "scratch_postgres_url": "postgresql", "browser": "browser"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in FIXTURE_MARKS:
+                item.add_marker(FIXTURE_MARKS[fixture])
 
 
 # PostgreSQL comes from ALORE_TEST_POSTGRES_URL (`.ci/postgres.sh` starts a server and prints it); each test
@@ -69,3 +78,34 @@ def scratch_postgres_url(postgres_url: str) -> Iterator[str]:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
+
+# ---- the headless browser (tests/test_ui_browser.py, tests/test_sweep.py) ----
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"the browser test cannot be skipped under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium driven by Debian's chromedriver (nothing downloaded)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        _unavailable("chromium/chromedriver not found; install them: apt-get install chromium chromium-driver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _unavailable("selenium is not installed; pip install -e '.[test]'")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1600,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    try:
+        yield driver
+    finally:
+        driver.quit()

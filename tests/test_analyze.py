@@ -18,6 +18,8 @@ from alore.artifacts import write_run_files
 from alore.train import TrainConfig, fit
 from alorectl.cli import app
 
+pytestmark = pytest.mark.slow  # sweeps or servers end to end: not in `make check`
+
 runner = CliRunner()
 
 

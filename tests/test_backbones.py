@@ -115,7 +115,7 @@ def test_unsafe_backbone_names_are_refused_before_any_path_is_built(name: str) -
 
 
 def test_a_tag_must_be_one_of_the_architectures_tags() -> None:
-    assert alore.create_backbone("test_vit.r160_in1k", 3).alore_backbone["timm_name"] == "test_vit.r160_in1k"
+    assert alore.state.of(alore.create_backbone("test_vit.r160_in1k", 3)).backbone.timm_name == "test_vit.r160_in1k"
     with pytest.raises(UnknownChoiceError, match="unknown pretrained tag for test_vit 'bogus'; valid choices: r160_in1k"):
         alore.create_backbone("test_vit.bogus", 3)
 
@@ -127,7 +127,7 @@ def test_unknown_backbone_lists_the_names() -> None:
 
 def test_any_timm_model_name_works() -> None:
     model = alore.create_backbone("test_vit2", 4)
-    assert model.alore_backbone["timm_name"] == "test_vit2"
+    assert alore.state.of(model).backbone.timm_name == "test_vit2"
 
 
 def test_normalization_comes_from_the_pretrained_config() -> None:

@@ -31,7 +31,7 @@ import huggingface_hub.constants
 import pytest
 import yaml
 from typer.testing import CliRunner
-from test_security import Planted
+from attacks import Planted
 from ui_utils import FOREIGN_ENV, alorectl
 
 from alorectl import db
@@ -93,6 +93,10 @@ def broken_task(tmp: Path) -> None:
     task.mkdir(parents=True)
     for split in ("train800", "val200", "train800val200", "test"):
         (task / f"{split}.txt").write_text(f"images/{split}.png 0\n")  # images that are not there
+
+
+def key_twice(tmp: Path) -> None:
+    (tmp / "twice.yaml").write_text("suite: vtab\nsuite: fgvc\n")
 
 
 def malformed_yaml(tmp: Path) -> None:
@@ -180,13 +184,13 @@ ROWS = [
     Row("sweep-task-escape", [*SWEEP, "--tasks", "../t"], "bad task name '../t'", preset={}),
     Row("sweep-method-escape", [*SWEEP, "--methods", "a/b"], "bad method name 'a/b'", preset={}),
     # alorectl sweep: the preset
-    Row("preset-batch-size-0", SWEEP, "train.batch_size must be an integer >= 1, got 0",
+    Row("preset-batch-size-0", SWEEP, "train.batch_size: input should be greater than or equal to 1, got 0",
         preset={"train": {"batch_size": 0}}),
     Row("preset-vpt-prompts-negative", SWEEP, "vpt with prompts=-10: prompts must be >= 1, got -10",
         preset={"methods": ["vpt"], "method_space": {"vpt": {"prompts": [5, -10]}}}),
-    Row("preset-trials-not-int", SWEEP, "search.trials must be an integer >= 1, got 'abc'",
+    Row("preset-trials-not-int", SWEEP, "search.trials: input should be a valid integer, got 'abc'",
         preset={"search": {"trials": "abc"}}),
-    Row("preset-cpus-not-number", SWEEP, "resources.cpus_per_trial must be a number > 0, got 'x'",
+    Row("preset-cpus-not-number", SWEEP, "resources.cpus_per_trial: input should be a valid number, got 'x'",
         preset={"resources": {"cpus_per_trial": "x"}}),
     Row("preset-search-not-mapping", SWEEP, ("search must be a mapping like", "got 5"), preset={"search": 5}),
     Row("preset-train-not-mapping", SWEEP, ("train must be a mapping like", "got [1]"), preset={"train": [1]}),
@@ -199,10 +203,14 @@ ROWS = [
     Row("preset-negative-lr", SWEEP, "space.lr: bad grid value -1.0 for lr (must be a number > 0)",
         preset={"space": {"lr": [-1.0]}}),
     Row("preset-unknown-search", SWEEP,
-        "unknown search algorithm in preset {tmp}/p.yaml 'random'; valid choices: grid, optuna",
+        "preset {tmp}/p.yaml: search.algorithm: input should be 'optuna' or 'grid', got 'random'",
         preset={"search": {"algorithm": "random"}}),
     Row("preset-data-root-missing", SWEEP, "data root not found: /nonexistent/vtab",
         preset={"data_root": "/nonexistent/vtab"}),
+    Row("preset-seeds-repeated", [*SWEEP, "--seeds", "42,42"], "final.seeds has a repeated seed: [42, 42]",
+        preset={}),
+    Row("preset-key-twice", ["sweep", "{tmp}/twice.yaml", "--workdir", "{tmp}"],
+        "preset {tmp}/twice.yaml line 2: not valid YAML (key 'suite' given twice)", setup=key_twice),
     Row("preset-malformed-yaml", ["sweep", "{tmp}/broken.yaml", "--workdir", "{tmp}"],
         "preset {tmp}/broken.yaml line 3: not valid YAML", setup=malformed_yaml),
     Row("preset-unknown-name", ["sweep", "vtabb", "--workdir", "{tmp}"],

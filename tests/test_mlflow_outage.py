@@ -19,6 +19,8 @@ from alorectl.cli import app
 from alorectl.sweep.driver import Hooks, Settings, run_sweep
 from ui_utils import free_port, start_mlflow_server
 
+pytestmark = pytest.mark.slow  # sweeps or servers end to end: not in `make check`
+
 runner = CliRunner()
 SECRET = "S3cretPw"
 

@@ -54,10 +54,10 @@ BAD = [  # (id, preset, substrings the one line must hold)
     ("repadapter combo", with_(method_space={"repadapter": {"bottleneck": [8, 6], "groups": [4]}}),
      ["repadapter with", "bottleneck=6, groups=4"]),
     ("ssf dropout", with_(method_space={"ssf": {"dropout": [0.1, 0.0]}}), ["option of ssf", "'dropout'", "init_std"]),
-    ("trials abc", with_(search__trials="abc"), ["search.trials", "'abc'", "integer >= 1"]),
+    ("trials abc", with_(search__trials="abc"), ["search.trials", "'abc'", "valid integer"]),
     ("trials 0", with_(search__trials=0), ["search.trials", "got 0"]),
-    ("cpus x", with_(resources__cpus_per_trial="x"), ["resources.cpus_per_trial", "'x'", "> 0"]),
-    ("gpus -1", with_(resources__gpus_per_trial=-1), ["resources.gpus_per_trial", "-1", ">= 0"]),
+    ("cpus x", with_(resources__cpus_per_trial="x"), ["resources.cpus_per_trial", "'x'", "valid number"]),
+    ("gpus -1", with_(resources__gpus_per_trial=-1), ["resources.gpus_per_trial", "-1", "greater than or equal to 0"]),
     ("search 5", with_(search=5), ["search must be a mapping", "got 5"]),
     ("train list", with_(train=[1]), ["train must be a mapping", "got [1]"]),
     ("final str", with_(final="x"), ["final must be a mapping", "'x'"]),
@@ -67,6 +67,8 @@ BAD = [  # (id, preset, substrings the one line must hold)
     ("epochs 0", with_(train__epochs=0), ["train.epochs", "got 0"]),
     ("warmup > epochs", with_(train__warmup_epochs=6), ["train.warmup_epochs", "[0, 5]", "got 6"]),
     ("seeds str", with_(final__seeds=["a"]), ["final.seeds", "'a'"]),
+    ("seeds repeated", with_(final__seeds=[42, 42]), ["final.seeds has a repeated seed", "[42, 42]"]),
+    ("top-level typo", with_(methodz=["alore"]), ["unknown key 'methodz'", "method_space, methods"]),
     ("lr -1", with_(space={"lr": [-1.0]}), ["bad grid value -1.0 for lr"]),
     ("dropout 1.5", with_(space={"dropout": [1.5]}), ["space.dropout", "1.5", "[0, 1)"]),
     ("backbone ..", with_(backbones=[".."]), ["bad backbone name '..'"]),
@@ -77,6 +79,23 @@ BAD = [  # (id, preset, substrings the one line must hold)
     ("method unknown", with_(methods=["alora"]), ["unknown method in preset", "'alora'"]),
     ("weights key", with_(weights={"../w": "x.safetensors"}), ["bad backbone name '../w'"]),
 ]
+
+
+def test_a_key_given_twice_is_refused_not_silently_overwritten(tmp_path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(yaml.safe_dump(GOOD) + "tasks: [digits_rot]\n")  # PyYAML alone keeps the last
+    with pytest.raises(ConfigError, match=r"twice.yaml line \d+: not valid YAML \(key 'tasks' given twice\)"):
+        presets.load(str(path))
+
+
+def test_a_preset_whose_aliases_expand_to_millions_of_values_is_refused(tmp_path) -> None:
+    # 9 levels of 10 aliases each: a few hundred bytes that expand to 10^9 values if constructed.
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n" + yaml.safe_dump(GOOD))
+    with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
+        presets.load(str(path))
 
 
 @pytest.mark.parametrize("data,needles", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
@@ -183,3 +202,16 @@ def test_inside_refuses_escapes_including_through_a_symlink(tmp_path) -> None:
     for parts in [("..", "x"), ("a", "..", "..", "x"), (str(outside),), (".",), ("link",), ("link", "f")]:
         with pytest.raises(ConfigError, match="escapes"):
             inside(work, *parts)
+
+
+@pytest.mark.parametrize("epochs", [1, 5, 15, 25, 100])
+def test_train_and_a_sweep_warm_up_the_same_epochs(tmp_path, epochs) -> None:
+    """One rule: a sweep's trial gets the warm-up ``alorectl train --epochs E`` would use (5 -> 1, not 0)."""
+    from alore.train import TrainConfig
+    from alorectl.sweep import plan as planning
+
+    train = {k: v for k, v in GOOD["train"].items() if k != "warmup_epochs"}
+    p = presets.load(write(tmp_path, with_(train={**train, "epochs": epochs})))
+    plan = planning.build(p, "w", "data", {"demo": None}, cost=lambda b: 1.0)
+    spec = planning.TrialSpec(plan.cells[0].cell, planning.SEARCH, 0, 42, {}, plan.cells[0].run)
+    assert TrainConfig(**spec.train_kwargs()).warmup_epochs == TrainConfig(epochs=epochs).warmup_epochs

@@ -33,8 +33,11 @@ from alorectl.cli import app
 from alorectl.db.urls import mask_text
 from alorectl.tracking.links import VIEW_ID, experiment_url
 from alorectl.tracking.client import flatten
+from attacks import Planted
 from ui_utils import (alorectl, cmdline, free_port, is_loopback, listening, make_leaderboard_store, process_tree,
                       running_ui, start_mlflow_server, stop)
+
+pytestmark = pytest.mark.slow  # sweeps or servers end to end: not in `make check`
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,16 +210,6 @@ def test_masking_hides_the_whole_password(uri: str, secret: str) -> None:
 
 
 # ---------------------------------------------------------------- the work folder is a trust boundary
-
-
-class Planted:
-    """What an attacker writes as tuner.pkl: unpickling it creates a marker file."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 @pytest.fixture

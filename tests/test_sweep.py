@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 import alore
 from alorectl.cli import app
-from test_ui_browser import browser  # noqa: F401  (the headless Chromium fixture)
+
+pytestmark = pytest.mark.slow  # sweeps or servers end to end: not in `make check`
 
 runner = CliRunner()
 

@@ -16,6 +16,8 @@ import pytest
 from alorectl.tracking.links import VIEW_ID, experiment_url
 from ui_utils import alorectl, cmdline, is_loopback, listening, make_leaderboard_store, process_tree, running_ui
 
+pytestmark = pytest.mark.slow  # sweeps or servers end to end: not in `make check`
+
 
 # ---------------------------------------------------------------- the running server (SQLite store)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from .. import state as alore_state
 from ..errors import ConfigError
 from ..methods.alore import SharedScales, expert_subsets, use_experts
 from ..train import evaluate
@@ -60,7 +61,7 @@ class ExpertTable:
 def num_experts(model: nn.Module) -> int:
     scales = getattr(model, "alore_experts", None)
     if not isinstance(scales, SharedScales):
-        name = getattr(model, "alore_method", {}).get("name", "no method")
+        name = alore_state.of(model).method or "no method"
         raise ConfigError(f"the expert analysis needs an alore or alore_attn model, got {name!r}")
     return int(scales.weight.shape[0])
 

@@ -26,7 +26,7 @@ from .decoded import (
     random_resized_crop_flip,
 )
 from .demo import demo_pretrain_arrays, write_demo_dataset
-from .splits import Entry, image_base, read_protocol, read_split, scan_split
+from .splits import Entry, image_base, read_protocol, read_split, scan_split, task_info
 from .tasks import (
     DEMO_TASKS,
     FGVC_DATASETS,
@@ -40,7 +40,6 @@ from .tasks import (
     known_tasks,
     protocol_splits,
     split_file,
-    task_info,
 )
 
 __all__ = [

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ConfigError, DataError
-from .splits import Items, read_protocol, require_root
-from .tasks import TaskInfo, check_suite, task_info
+from .splits import Items, read_protocol, require_root, task_info
+from .tasks import TaskInfo, check_suite
 
 STREAM_THRESHOLD = 20_000  # eval splits larger than this are streamed (~3 GB of uint8 at 224²)
 CHUNK_SIZE = 4_096

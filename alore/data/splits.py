@@ -23,8 +23,8 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import DataError
-from .tasks import protocol_splits, split_file
+from ..errors import DataError, UnknownChoiceError
+from .tasks import TaskInfo, known_tasks, protocol_splits, split_file, task_folders
 
 _LABEL = re.compile(r"-?[0-9]+")
 
@@ -221,3 +221,21 @@ def infer_num_classes(root: Path, suite: str, task: str) -> tuple[int, int | Non
     test = split_file(root, suite, task, "test")
     test_size = len(_read_entries(root, suite, task, "test")) if test.is_file() else None
     return num_classes, test_size
+
+
+def task_info(suite: str, task: str, root: Path | None = None) -> TaskInfo:
+    """The TaskInfo of a known task, or one inferred from ``root/task`` on disk.
+
+    For an unknown VTAB-layout folder the class count is ``max(label) + 1`` over
+    its split files; for an unknown FGVC folder it is the number of distinct
+    class ids in ``train.json``.
+    """
+    known = known_tasks(suite)
+    if task in known:
+        return known[task]
+    on_disk = task_folders(root, suite) if root is not None else []
+    if task not in on_disk:
+        hint = "" if root is None else f"(nor a folder with split files under {root})"
+        raise UnknownChoiceError("task", task, set(known) | set(on_disk), hint)
+    num_classes, test_size = infer_num_classes(Path(root), suite, task)
+    return TaskInfo(task, num_classes, "Custom", test_size)

@@ -140,23 +140,3 @@ def task_folders(root: Path, suite: str) -> list[str]:
         d.name for d in root.iterdir()
         if d.is_dir() and any(split_file(root, suite, d.name, s).is_file() for s in SPLITS[suite])
     )
-
-
-def task_info(suite: str, task: str, root: Path | None = None) -> TaskInfo:
-    """The TaskInfo of a known task, or one inferred from ``root/task`` on disk.
-
-    For an unknown VTAB-layout folder the class count is ``max(label) + 1`` over
-    its split files; for an unknown FGVC folder it is the number of distinct
-    class ids in ``train.json``.
-    """
-    known = known_tasks(suite)
-    if task in known:
-        return known[task]
-    on_disk = task_folders(root, suite) if root is not None else []
-    if task not in on_disk:
-        hint = "" if root is None else f"(nor a folder with split files under {root})"
-        raise UnknownChoiceError("task", task, set(known) | set(on_disk), hint)
-    from .splits import infer_num_classes  # splits imports this module
-
-    num_classes, test_size = infer_num_classes(Path(root), suite, task)
-    return TaskInfo(task, num_classes, "Custom", test_size)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, UnknownChoiceError
+from .. import state as alore_state
 from ..placement import LOCATIONS, location_targets
 from .base import AffineAround, MethodConfig, check, field, register, replace
 
@@ -116,8 +117,8 @@ def raise_dim(dim: int, n: int) -> None:
 def _apply(model: nn.Module, config: ALoReConfig) -> None:
     targets = location_targets(model, config.locations, config.layers)
     scales = SharedScales(config.experts)
-    model.alore_experts = scales
-    model.alore_owned = ["alore_experts"]
+    model.alore_experts = scales  # a submodule: W_s trains and is saved with the adapter
+    alore_state.attach(model, owned=("alore_experts",))
     for path, position, _ in targets:
         def wrap(linear: nn.Module, position: str = position) -> nn.Module:
             dim = linear.in_features if position == "pre" else linear.out_features

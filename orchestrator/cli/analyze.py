@@ -25,6 +25,7 @@ from alore.backbones import resolve
 from alore.data import DEMO_TASKS
 from alore.device import autocast_for, pick_device
 from alore.errors import AloreError, ConfigError, UnknownChoiceError, WeightsError
+from alore.files import write_text
 from alore.methods import get_method
 
 from .app import App, console, err_console, split_csv
@@ -203,17 +204,14 @@ def log_to_mlflow(workdir: Path, flag: str | None, run_id: str | None, paths: li
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         warn(f"MLflow store {mask_text(uri)} not found; the analysis is kept locally only")
         return
-    try:
-        import alorectl.tracking.client  # noqa: F401  (short HTTP retries: an absent server costs seconds)
-        from mlflow import MlflowClient
+    from alorectl.tracking.client import Tracker, TrackingUnavailable
 
-        client = MlflowClient(uri)
+    try:
+        tracker = Tracker(uri)  # the one MLflow writer: short retries, credentials off every URL
         for path in paths:
-            client.log_artifact(run_id, str(path), "analysis")
-    except Exception as err:  # an unreachable or refusing store must not lose the local output
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        warn(f"could not log to MLflow run {run_id} at {mask_text(uri)} ({type(err).__name__}: "
-             f"{mask_text(first)[:200]}); the analysis is kept locally only")
+            tracker.artifact(run_id, path, "analysis")
+    except TrackingUnavailable as err:  # an unreachable or refusing store must not lose the local output
+        warn(f"could not log to MLflow run {run_id} at {mask_text(uri)} ({err}); the analysis is kept locally only")
         return
     err_console.print(f"logged {len(paths)} file(s) to MLflow run {run_id} (artifacts/analysis)", highlight=False,
                       markup=False)
@@ -221,12 +219,6 @@ def log_to_mlflow(workdir: Path, flag: str | None, run_id: str | None, paths: li
 
 def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
-
-
-def _write(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    return tmp.replace(path)
 
 
 # ---- the commands ---------------------------------------------------------------------------------
@@ -259,8 +251,8 @@ def experts(
     stem = f"experts-{cell.adapter.method}"
     record = {"backbone": cell.adapter.backbone, "task": cell.task, "method": cell.adapter.method,
               "source": str(cell.folder), "test_images": len(split), **table.to_dict()}
-    files = [_write(folder / f"{stem}.json", json.dumps(record, indent=2) + "\n"),
-             _write(folder / f"{stem}.csv", table.to_csv())]
+    files = [write_text(folder / f"{stem}.json", json.dumps(record, indent=2) + "\n"),
+             write_text(folder / f"{stem}.csv", table.to_csv())]
     if fmt == "json":
         sys.stdout.write(json.dumps(record, indent=2) + "\n")
     elif fmt == "csv":
@@ -361,7 +353,7 @@ def tsne(
     stem = "tsne-" + "_".join(e.method for e in embeddings)
     title = f"{first.adapter.backbone}/{first.task}: [CLS] embeddings of {len(embeddings[0].labels)} test images"
     files = [analysis.draw_panels(embeddings, folder / f"{stem}.png", title),
-             _write(folder / f"{stem}.json", json.dumps([e.summary() for e in embeddings], indent=2) + "\n")]
+             write_text(folder / f"{stem}.json", json.dumps([e.summary() for e in embeddings], indent=2) + "\n")]
     if as_json:
         sys.stdout.write(json.dumps([e.summary() for e in embeddings], indent=2) + "\n")
     else:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,8 +16,6 @@ from .app import App, fail, print_json, split_csv
 # App: every command's AloreError becomes one "error: ..." line on stderr and exit 2.
 app = App(help="Check VTAB-1k / FGVC folders on disk and write the offline demo dataset.")
 
-# The demo backbone's weights are written by a module that may not exist yet.
-DEMO_WEIGHTS_MODULE = "alore.demo_backbone"
 
 
 @app.command()
@@ -79,24 +75,10 @@ def demo(
 ) -> None:
     """Write the offline demo dataset (scikit-learn digits in the VTAB-1k layout)."""
     from alore.data import DEMO_TASKS, write_demo_dataset
+    from alore.demo_backbone import write_demo_weights
 
     root = write_demo_dataset(out)
-    weights = _write_demo_weights(out)
+    weights = write_demo_weights(out)
     typer.echo(f"demo dataset: {root} (tasks: {', '.join(DEMO_TASKS)})")
-    if weights is not None:
-        typer.echo(f"demo backbone weights: {weights}")
+    typer.echo(f"demo backbone weights: {weights}")
     typer.echo(f"check it with: alorectl data check --root {root}")
-
-
-def _write_demo_weights(out: Path) -> Path | None:
-    """Hook: the pre-trained demo backbone, once ``alore.demo_backbone`` exists.
-
-    ``find_spec`` rather than ``except ImportError``: a broken module must fail
-    loudly, not look absent.
-    """
-    try:
-        if DEMO_WEIGHTS_MODULE not in sys.modules and importlib.util.find_spec(DEMO_WEIGHTS_MODULE) is None:
-            return None
-    except ModuleNotFoundError:  # a parent package is missing
-        return None
-    return importlib.import_module(DEMO_WEIGHTS_MODULE).write_demo_weights(out)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +17,7 @@ from alorectl.sweep import plan as planning
 from alorectl.sweep import preset as presets
 from alorectl.sweep.driver import Hooks, Settings, make_plan, run_sweep
 from alorectl.sweep.timing import timing
-from alorectl.tracking.client import split_credentials
+from alorectl.tracking.client import bare_uri
 from alorectl.tracking.links import VIEW_ID, experiment_url
 
 from .app import App, OneLineGroup, console, print_json, split_csv
@@ -73,9 +72,7 @@ def apply_flags(p: presets.Preset, **flags: Any) -> presets.Preset:
         raise UnknownChoiceError("search algorithm", changes["algorithm"], presets.SEARCH_ALGORITHMS)
     if "scheduler" in changes and changes["scheduler"] not in presets.SCHEDULERS:
         raise UnknownChoiceError("scheduler", changes["scheduler"], presets.SCHEDULERS)
-    p = dataclasses.replace(p, **changes)
-    presets.validate(p)
-    return p
+    return presets.replace(p, **changes)
 
 
 @app.command("run")
@@ -136,9 +133,7 @@ def sweep_resume(
     if tracking_uri is None and uri and "***" in uri:
         raise ConfigError(f"sweep {name!r} logged to {uri}, whose password is not stored; pass --tracking-uri "
                           "(or MLFLOW_TRACKING_URI) with the credentials")
-    fields = {f.name for f in dataclasses.fields(presets.Preset)}
-    p = presets.Preset(**{k: v for k, v in stored.items() if k in fields})
-    presets.validate(p, f"stored sweep {name!r}")
+    p = presets.from_stored(stored, f"stored sweep {name!r}")
     execute(p, Settings.embedded(name, workdir, tracking_uri or uri, db_flag, address, max_concurrent_trials),
             resume=True)
 
@@ -209,7 +204,6 @@ def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[note]}"), console=console) as progress:
         bar = progress.add_task("starting", total=None, note="")
-        best: dict[Any, float] = {}
         running: set[str] = set()
 
         def step(message: str) -> None:
@@ -225,9 +219,6 @@ def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
         def trial_done(o: Any) -> None:
             cell = o.spec.cell
             running.discard(f"{cell.key}/{o.spec.key}")
-            val = o.metrics.get("val_acc")
-            if o.spec.phase == planning.SEARCH and val is not None and val > best.get(cell, -1.0):
-                best[cell] = val
             progress.update(bar, advance=1, note=f"{len(running)} running · last {o.spec.cell.method}/"
                                                  f"{o.spec.cell.task} {o.spec.key}: {o.status}")
 
@@ -250,7 +241,7 @@ def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
     console.print(f"leaderboard: alorectl leaderboard --backbone {p.backbones[0]} --suite {p.suite} "
                   f"--workdir {escape(str(settings.workdir))}", highlight=False)
     server = settings.tracking_uri.startswith(("http://", "https://"))
-    base = split_credentials(settings.tracking_uri) if server else UI_URL
+    base = bare_uri(settings.tracking_uri) if server else UI_URL
     ui = f"MLflow UI:   {base}" if server else f"MLflow UI:   alorectl ui --workdir {settings.workdir}   then open:"
     console.print(escape(ui), highlight=False)
     for name, experiment_id in sorted(links.items(), key=lambda kv: "leaderboard" not in kv[0]):

@@ -29,11 +29,11 @@ from urllib.parse import urlsplit
 
 import typer
 
-from alore.errors import AloreError, ConfigError
+from alore.errors import AloreError, ConfigError, first_line
 from alorectl.db.urls import mask_text
 
 from alorectl import defaults
-from alorectl.tracking.client import split_credentials
+from alorectl.tracking.client import configure, split_credentials
 from .options import DEFAULT_WORKDIR, TrackingUri, Workdir
 
 PORTS = range(1, 65536)
@@ -53,7 +53,8 @@ def ui(
         raise ConfigError(f"--workers {workers} must be at least 1")
     uri = defaults.tracking_uri(workdir, tracking_uri)
     if urlsplit(uri).scheme in ("http", "https"):
-        server = split_credentials(uri)
+        server, credentials = split_credentials(uri)
+        configure(credentials)  # this process reads the server's experiments for the links
         _print_links(server, server)
         typer.echo("the UI is served by that tracking server: open a link above")
         return
@@ -79,7 +80,7 @@ def _print_links(uri: str, base: str) -> None:
     try:
         links = experiment_links(MlflowClient(uri), base)
     except Exception as err:  # any store or transport failure: the UI could not show it either
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first_line(err)
         raise AloreError(mask_text(f"cannot read the MLflow store {uri}: {first}")[:400]) from None
     if not links:
         typer.echo("no alore/* experiments in this store yet")

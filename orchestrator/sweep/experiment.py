@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import socket
-import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from alore.errors import AloreError
+from alore.errors import AloreError, first_line
 
 from alorectl.security import check_trusted, inside, make_private
 from .plan import SweepPlan, TrialSpec
@@ -120,7 +119,7 @@ def _init(address: str | None, kwargs: dict[str, Any]) -> None:
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            first = first_line(err)
             raise AloreError(f"cannot reach the Ray cluster at {address}: {first} (check the address; a cluster "
                              "with token authentication also needs RAY_AUTH_MODE=token and its token)") from None
     else:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import math
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +119,7 @@ class CellPlan:
 
     @property
     def grid_size(self) -> int:
-        return math.prod(len(v) for v in self.space.values())
+        return presets.grid_size(self.space)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +171,7 @@ def build(preset: presets.Preset, name: str, data_root: Path | str, weights: dic
     planned = []
     for c in cells(preset):
         space = presets.method_space(preset, c.method)
-        grid = math.prod(len(v) for v in space.values())
+        grid = presets.grid_size(space)
         exhaustive = preset.algorithm == "grid" or preset.trials >= grid
         run = RunSettings(suite=preset.suite, data_root=str(data_root), weights=weights.get(c.backbone),
                           epochs=preset.epochs, warmup_epochs=presets.effective_warmup(preset),

@@ -1,12 +1,18 @@
 """Sweep presets: YAML files in ``sweeps/`` (data, not code), validated whole into a :class:`Preset`.
 
 A user adds a preset by dropping a YAML file in ``sweeps/`` or passing its path.
-Everything a trial would trip over later is checked here, before Ray starts:
-names (the one safe pattern of :mod:`alorectl.security`), every section's
-shape and types, the train section by :class:`alore.train.TrainConfig`'s rules,
-and every point of every method's grid through the method's own config class.
-Each mistake is one line naming the file, the key, the bad value and what is
-valid.
+The schema is the code: :class:`PresetFile` is the file's shape (sections, keys,
+nothing extra) and :class:`Preset` the flat, typed preset the plan reads, both
+pydantic models in strict mode, so a wrong type or range is pydantic's own
+message, shown as one line that names the file, the key and the value.
+What pydantic cannot know is checked after it (:func:`validate`): names (the one
+safe pattern of :mod:`alorectl.security`), backbones/tasks/methods known to
+alore, every point of every method's grid through the method's own config
+class and the run rules of :class:`alore.train.TrainConfig`.
+
+The YAML is read with a loader that refuses a key given twice and a document
+whose aliases expand past :data:`MAX_NODES` values (a few nested aliases can
+otherwise expand to gigabytes).
 
 Each method searches only what it uses (:func:`method_space`): the shared grid
 of table 8 (lr, weight decay, dropout) less dropout for the methods that have
@@ -15,22 +21,25 @@ none (SSF, BitFit, linear probing, full fine-tuning), plus its own options.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.resources
 import itertools
 import math
-import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 import alore
-from alore.data import SUITES
+from alore.checks import describe, fits
 from alore.errors import AloreError, ConfigError, UnknownChoiceError
 from alore.methods import get_method
-from alore.train import TrainConfig
+from alore.train import TrainConfig, default_warmup
 
 from alorectl.security import check_name
 
@@ -39,36 +48,37 @@ REPO_SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 SEARCH_ALGORITHMS = ("optuna", "grid")
 SCHEDULERS = ("fifo", "asha")
 SHARED_SPACE = ("lr", "weight_decay", "dropout")
-TOP_KEYS = ("suite", "data_root", "weights", "backbones", "tasks", "methods", "search", "space", "method_space",
-            "train", "final", "resources")
-SECTIONS = {"search": ("algorithm", "trials", "scheduler"), "train": ("epochs", "warmup_epochs", "batch_size"),
-            "final": ("seeds",), "resources": ("cpus_per_trial", "gpus_per_trial", "max_concurrent")}
-# Preset field -> where it is written in a preset file (error messages name the key the user typed).
-KEY_OF = {field: f"{section}.{field}" for section, fields in SECTIONS.items() for field in fields}
 FULL_CHECK_LIMIT = 10_000  # grid points of one method checked one by one; above it, each value once
+MAX_NODES = 100_000        # values a preset may expand to, aliases included (the shipped ones: < 200)
+
+STRICT = ConfigDict(extra="forbid", strict=True)
+Scalar = int | float | str | bool
+Grid = Annotated[list[Scalar], Field(min_length=1)]
 
 
-@dataclasses.dataclass
+@pydantic_dataclass(config=STRICT)
 class Preset:
+    """A sweep as the plan reads it. ``dataclasses.replace`` and ``Preset(**to_dict())`` validate again."""
+
     name: str
-    suite: str
-    data_root: str
-    backbones: list[str]
-    tasks: list[str]
-    methods: list[str]
-    algorithm: str = "optuna"
-    trials: int = 16
-    scheduler: str = "fifo"
-    space: dict[str, list] = dataclasses.field(default_factory=dict)
-    method_space: dict[str, dict[str, list]] = dataclasses.field(default_factory=dict)
-    epochs: int = 100
-    warmup_epochs: int | None = None  # None: 10% of epochs (see effective_warmup)
-    batch_size: int = 32
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [42])
-    weights: dict[str, str] = dataclasses.field(default_factory=dict)
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int | None = None  # trials of one cell at once; None: as many as resources allow
+    suite: Literal["vtab", "fgvc"]
+    data_root: Annotated[str, Field(min_length=1)]
+    backbones: Annotated[list[str], Field(min_length=1)]
+    tasks: Annotated[list[str], Field(min_length=1)]
+    methods: Annotated[list[str], Field(min_length=1)]
+    algorithm: Literal["optuna", "grid"] = "optuna"
+    trials: Annotated[int, Field(ge=1)] = 16
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    space: dict[str, Grid] = dataclasses.field(default_factory=dict)
+    method_space: dict[str, dict[str, Grid]] = dataclasses.field(default_factory=dict)
+    epochs: Annotated[int, Field(ge=1)] = 100
+    warmup_epochs: Annotated[int, Field(ge=0)] | None = None  # None: alore.train.default_warmup(epochs)
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    seeds: Annotated[list[int], Field(min_length=1)] = dataclasses.field(default_factory=lambda: [42])
+    weights: dict[str, Annotated[str, Field(min_length=1)]] = dataclasses.field(default_factory=dict)
+    cpus_per_trial: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
+    gpus_per_trial: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    max_concurrent: Annotated[int, Field(ge=1)] | None = None  # None: as many as resources allow
     # Whether warmup_epochs was set by the user; if not, it follows epochs. None: explicit iff warmup_epochs
     # is given, which keeps configs stored before this field existed (they always carried a number) as they were.
     warmup_explicit: bool | None = None
@@ -85,12 +95,104 @@ class Preset:
 
 
 def effective_warmup(preset: Preset) -> int | None:
-    """Warm-up epochs: as set, or 10% of epochs (the paper: 10 of 100, section 4.1), rounded down."""
-    if preset.warmup_explicit:
-        return preset.warmup_epochs
-    if isinstance(preset.epochs, int) and not isinstance(preset.epochs, bool):
-        return preset.epochs // 10
-    return preset.warmup_epochs  # epochs is not a number: validate() reports it
+    """Warm-up epochs: as set, or the one rule of ``alorectl train`` (:func:`alore.train.default_warmup`)."""
+    return preset.warmup_epochs if preset.warmup_explicit else default_warmup(preset.epochs)
+
+
+# Preset field -> where it is written in a preset file (error messages name the key the user typed).
+KEY_OF = {"algorithm": "search.algorithm", "trials": "search.trials", "scheduler": "search.scheduler",
+          "epochs": "train.epochs", "warmup_epochs": "train.warmup_epochs", "batch_size": "train.batch_size",
+          "seeds": "final.seeds", "cpus_per_trial": "resources.cpus_per_trial",
+          "gpus_per_trial": "resources.gpus_per_trial", "max_concurrent": "resources.max_concurrent"}
+
+
+# ---- the file's shape ---------------------------------------------------------------------------
+
+class _Section(BaseModel):
+    """A section of a preset file: only its own keys (an empty section is ``{}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchSection(_Section):
+    algorithm: Any = "optuna"
+    trials: Any = 16
+    scheduler: Any = "fifo"
+
+
+class TrainSection(_Section):
+    epochs: Any = 100
+    warmup_epochs: Any = None
+    batch_size: Any = 32
+
+
+class FinalSection(_Section):
+    seeds: Any = [42]
+
+
+class ResourcesSection(_Section):
+    cpus_per_trial: Any = 1.0
+    gpus_per_trial: Any = 0.0
+    max_concurrent: Any = None
+
+
+class PresetFile(_Section):
+    """A preset file: the keys a user may write; types and ranges are :class:`Preset`'s."""
+
+    suite: Any = "vtab"
+    data_root: Any = None
+    weights: dict[Any, Any] = {}
+    backbones: Any = None
+    tasks: Any = None
+    methods: Any = None
+    search: SearchSection = SearchSection()
+    space: dict[Any, Any] = {}
+    method_space: dict[Any, Any] = {}
+    train: TrainSection = TrainSection()
+    final: FinalSection = FinalSection()
+    resources: ResourcesSection = ResourcesSection()
+
+    @field_validator("search", "train", "final", "resources", "weights", "space", "method_space", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any) -> Any:
+        return {} if value is None else value  # `train:` with nothing under it
+
+    def to_preset(self, name: str) -> Preset:
+        return Preset(name=name, suite=self.suite, data_root=self.data_root or f"data/{self.suite}",
+                      backbones=self.backbones, tasks=self.tasks, methods=self.methods, space=self.space,
+                      method_space={m: {} if s is None else s for m, s in self.method_space.items()},
+                      weights=self.weights, **self.search.model_dump(), **self.train.model_dump(),
+                      **self.final.model_dump(), **self.resources.model_dump())
+
+
+@contextlib.contextmanager
+def one_line(where: str) -> Iterator[None]:
+    """pydantic's first error as one :class:`ConfigError` line: where, the key as typed, its message, the value."""
+    try:
+        yield
+    except ValidationError as err:
+        raise ConfigError(_first(err, where)) from None
+
+
+def _first(err: ValidationError, where: str) -> str:
+    e = err.errors(include_url=False)[0]
+    loc = [str(p) for p in e["loc"]]
+    key = ".".join([KEY_OF.get(loc[0], loc[0]), *loc[1:]]) if loc else "preset"
+    if e["type"] == "extra_forbidden":  # name the valid keys, as every unknown choice does
+        section = _SECTIONS.get(".".join(loc[:-1]))
+        if section is not None:
+            return (f"unknown key {loc[-1]!r} in {where}{' ' + '.'.join(loc[:-1]) if loc[:-1] else ''}; "
+                    f"valid choices: {', '.join(sorted(section.model_fields))}")
+    if e["type"] in ("model_type", "dict_type"):  # a section that is not a mapping
+        section = _SECTIONS.get(".".join(loc))
+        keys = ", ".join(f"{k}: ..." for k in section.model_fields) if section else "key: value, ..."
+        return f"{where}: {key} must be a mapping like {{{keys}}}, got {e['input']!r}"
+    message = e["msg"][:1].lower() + e["msg"][1:]
+    return f"{where}: {key}: {message}, got {e['input']!r}"
+
+
+_SECTIONS: dict[str, type[_Section]] = {"": PresetFile, "search": SearchSection, "train": TrainSection,
+                                        "final": FinalSection, "resources": ResourcesSection}
 
 
 # ---- where presets live -------------------------------------------------------------------------
@@ -105,9 +207,6 @@ def preset_dir() -> Path:
     if isinstance(found, Path) and found.is_dir() and any(found.glob("*.yaml")):
         return found
     return REPO_SWEEPS
-
-
-PRESET_DIR = preset_dir()
 
 
 def available() -> list[str]:
@@ -127,62 +226,82 @@ def locate(name_or_path: str) -> Path:
 
 # ---- reading a file -----------------------------------------------------------------------------
 
-def load(name_or_path: str) -> Preset:
-    path = locate(name_or_path)
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Values ``node`` stands for once every alias is expanded (aliases share nodes: memoised by identity)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a recursive alias counts once, never loops
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(n, memo) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = min(size, MAX_NODES + 1)
+    return memo[id(node)]
+
+
+def read_yaml(path: Path) -> Any:
+    """The document in ``path``; one ConfigError line for bad YAML, a repeated key or an oversized expansion."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        node = yaml.compose(text, Loader=_StrictLoader)
+        if node is not None and _expanded_size(node, {}) > MAX_NODES:
+            raise ConfigError(f"preset {path}: expands to more than {MAX_NODES:,} values (nested aliases?); "
+                              "write the values out")
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"preset {path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"preset {path}: expected a mapping of {', '.join(TOP_KEYS)}")
+
+
+def load(name_or_path: str) -> Preset:
+    path = locate(name_or_path)
+    raw = read_yaml(path)
     where = f"preset {path}"
-    unknown = sorted(set(raw) - set(TOP_KEYS), key=str)
-    if unknown:
-        raise UnknownChoiceError(f"key in {where}", unknown[0], TOP_KEYS)
-    sections = {key: _mapping(where, key, raw.get(key), keys) for key, keys in SECTIONS.items()}
-    search, train, final, res = (sections[k] for k in ("search", "train", "final", "resources"))
-    method_space = _mapping(where, "method_space", raw.get("method_space"))
-    for method, extra in method_space.items():
-        method_space[method] = _mapping(where, f"method_space.{method}", extra)
-    suite = raw.get("suite", "vtab")
-    preset = Preset(
-        name=path.stem, suite=suite, data_root=raw.get("data_root", f"data/{suite}"),
-        backbones=raw.get("backbones"), tasks=raw.get("tasks"), methods=raw.get("methods"),
-        algorithm=search.get("algorithm", "optuna"), trials=search.get("trials", 16),
-        scheduler=search.get("scheduler", "fifo"), space=_mapping(where, "space", raw.get("space")),
-        method_space=method_space, epochs=train.get("epochs", 100), warmup_epochs=train.get("warmup_epochs"),
-        batch_size=train.get("batch_size", 32), seeds=final.get("seeds", [42]),
-        weights=_mapping(where, "weights", raw.get("weights")), cpus_per_trial=res.get("cpus_per_trial", 1.0),
-        gpus_per_trial=res.get("gpus_per_trial", 0.0), max_concurrent=res.get("max_concurrent"),
-    )
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of {', '.join(PresetFile.model_fields)}")
+    with one_line(where):
+        preset = PresetFile.model_validate(raw).to_preset(path.stem)
     validate(preset, where)
     return preset
 
 
-def _mapping(where: str, key: str, value: Any, keys: tuple[str, ...] | None = None) -> dict:
-    """A section that must be a mapping (absent or empty: ``{}``), with only ``keys`` if given."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        shape = f"{{{', '.join(f'{k}: ...' for k in keys)}}}" if keys else "{key: value, ...}"
-        raise ConfigError(f"{where}: {key} must be a mapping like {shape}, got {value!r}")
-    if keys is not None:
-        unknown = sorted(set(value) - set(keys), key=str)
-        if unknown:
-            raise UnknownChoiceError(f"key in {where} {key}", unknown[0], keys)
-    return dict(value)
+def replace(preset: Preset, where: str = "sweep", **changes: Any) -> Preset:
+    """``preset`` with ``changes`` (CLI flags, a stored config), validated again."""
+    with one_line(where):
+        preset = dataclasses.replace(preset, **changes)
+    validate(preset, where)
+    return preset
 
 
-# ---- validation (also after CLI flags changed the preset) ---------------------------------------
+def from_stored(config: dict[str, Any], where: str) -> Preset:
+    """The preset a sweep stored in the database (``Preset.to_dict`` plus other keys), validated."""
+    fields = {f.name for f in dataclasses.fields(Preset)}
+    with one_line(where):
+        preset = Preset(**{k: v for k, v in config.items() if k in fields})
+    validate(preset, where)
+    return preset
+
+
+# ---- what pydantic cannot know (also after CLI flags changed the preset) ------------------------
 
 def validate(preset: Preset, where: str = "sweep") -> None:
     """Everything a trial would otherwise trip over minutes into training; raises one line."""
-    if not isinstance(preset.suite, str) or preset.suite not in SUITES:
-        raise UnknownChoiceError(f"suite in {where}", preset.suite, SUITES)
-    if not isinstance(preset.data_root, str) or not preset.data_root:
-        raise ConfigError(f"{where}: data_root must be a folder path, got {preset.data_root!r}")
     for b in _names(where, "backbones", preset.backbones):
         alore.backbones.resolve(_name(where, "backbone", b))
     for t in _names(where, "tasks", preset.tasks):
@@ -190,25 +309,14 @@ def validate(preset: Preset, where: str = "sweep") -> None:
     for m in _names(where, "methods", preset.methods):
         if _name(where, "method", m) not in alore.METHODS:
             raise UnknownChoiceError(f"method in {where}", m, alore.METHODS)
-    for b, w in preset.weights.items():
+    for b in preset.weights:
         _name(where, "backbone", b)
-        if not isinstance(w, str) or not w:
-            raise ConfigError(f"{where}: weights.{b} must be a file path (or 'timm'), got {w!r}")
-    if preset.algorithm not in SEARCH_ALGORITHMS:
-        raise UnknownChoiceError(f"search algorithm in {where}", preset.algorithm, SEARCH_ALGORITHMS)
-    if preset.scheduler not in SCHEDULERS:
-        raise UnknownChoiceError(f"scheduler in {where}", preset.scheduler, SCHEDULERS)
-    _integer(where, "trials", preset.trials, 1)
-    _integer(where, "epochs", preset.epochs, 1)
-    _integer(where, "warmup_epochs", preset.warmup_epochs, 0, preset.epochs)
-    _integer(where, "batch_size", preset.batch_size, 1)
-    if preset.max_concurrent is not None:
-        _integer(where, "max_concurrent", preset.max_concurrent, 1)
-    _number(where, "cpus_per_trial", preset.cpus_per_trial, "> 0", lambda v: v > 0)
-    _number(where, "gpus_per_trial", preset.gpus_per_trial, ">= 0", lambda v: v >= 0)
-    seeds = preset.seeds
-    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
-        raise ConfigError(f"{where}: {KEY_OF['seeds']} must be a non-empty list of integers, got {seeds!r}")
+    if len(set(preset.seeds)) != len(preset.seeds):
+        raise ConfigError(f"{where}: {KEY_OF['seeds']} has a repeated seed: {preset.seeds!r} "
+                          "(two final runs with one seed are the same run twice)")
+    if preset.warmup_epochs is not None and preset.warmup_epochs > preset.epochs:
+        raise ConfigError(f"{where}: {KEY_OF['warmup_epochs']} must be in [0, {preset.epochs}] (at most "
+                          f"{KEY_OF['epochs']}), got {preset.warmup_epochs!r}")
     _train_rules(where, "train", suite=preset.suite, epochs=preset.epochs, warmup_epochs=preset.warmup_epochs,
                  batch_size=preset.batch_size)
     for key, values in preset.space.items():
@@ -218,8 +326,6 @@ def validate(preset: Preset, where: str = "sweep") -> None:
     for method, extra in preset.method_space.items():
         if method not in alore.METHODS:
             raise UnknownChoiceError(f"method in {where} method_space", method, alore.METHODS)
-        if not isinstance(extra, dict):
-            raise ConfigError(f"{where}: method_space.{method} must be a mapping of option: [values], got {extra!r}")
         allowed = set(_uses(method)) | set(_options(method))
         for key, values in extra.items():
             if key not in allowed:
@@ -228,7 +334,7 @@ def validate(preset: Preset, where: str = "sweep") -> None:
             if key in SHARED_SPACE:
                 _shared_values(where, f"method_space.{method}.{key}", key, values)
             else:
-                _grid(where, f"method_space.{method}.{key}", values)
+                _unique(where, f"method_space.{method}.{key}", values)
     for method in dict.fromkeys([*preset.methods, *preset.method_space]):
         _check_method_grid(where, preset, method)
 
@@ -240,37 +346,13 @@ def _name(where: str, kind: str, value: Any) -> str:
         raise ConfigError(f"{where}: {err}") from None
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _integer(where: str, field: str, value: Any, low: int, high: Any = None) -> None:
-    within = f"in [{low}, {high}]" if high is not None else f">= {low}"
-    ok = _is_int(value) and value >= low and (high is None or not _is_int(high) or value <= high)
-    if not ok:
-        raise ConfigError(f"{where}: {KEY_OF.get(field, field)} must be an integer {within}, got {value!r}")
-
-
-def _number(where: str, field: str, value: Any, rule: str, test: Any) -> None:
-    if not (_is_number(value) and test(value)):
-        raise ConfigError(f"{where}: {KEY_OF.get(field, field)} must be a number {rule}, got {value!r}")
-
-
-def _names(where: str, key: str, values: Any) -> list:
-    if not isinstance(values, list) or not values:
-        raise ConfigError(f"{where}: {key} must be a non-empty list of names, got {values!r}")
-    if len(set(map(repr, values))) != len(values):
+def _names(where: str, key: str, values: list) -> list:
+    if len(set(values)) != len(values):
         raise ConfigError(f"{where}: {key} has a repeated value: {values!r}")
     return values
 
 
-def _grid(where: str, key: str, values: Any) -> list:
-    if not isinstance(values, list) or not values or not all(isinstance(v, (int, float, str, bool)) for v in values):
-        raise ConfigError(f"{where}: {key} must be a non-empty list of values, got {values!r}")
+def _unique(where: str, key: str, values: list) -> list:
     if len(set(map(repr, values))) != len(values):
         raise ConfigError(f"{where}: {key} has a repeated value: {values!r}")
     return values
@@ -280,11 +362,11 @@ SHARED_RULES = {"lr": ("> 0", lambda v: v > 0), "weight_decay": (">= 0", lambda 
                 "dropout": ("in [0, 1)", lambda v: 0 <= v < 1)}
 
 
-def _shared_values(where: str, key: str, name: str, values: Any) -> None:
+def _shared_values(where: str, key: str, name: str, values: list) -> None:
     """A grid of lr / weight_decay / dropout: numbers by table 8's rules, then by TrainConfig's."""
-    for v in _grid(where, key, values):
+    for v in _unique(where, key, values):
         rule, test = SHARED_RULES[name]
-        if not (_is_number(v) and test(v)):
+        if not (fits(v, float) and math.isfinite(v) and test(v)):
             raise ConfigError(f"{where}: {key}: bad grid value {v!r} for {name} (must be a number {rule})")
         _train_rules(where, f"{key} value {v!r}", **{name: v})
 
@@ -344,9 +426,9 @@ def _check_method_grid(where: str, preset: Preset, method: str) -> None:
     hints = typing.get_type_hints(config_cls)
     for key, values in space.items():
         for v in values:
-            expected = _type_mismatch(v, hints.get(key))
-            if expected:
-                raise ConfigError(f"{where}: method_space.{method}.{key}: bad value {v!r} ({expected} expected)")
+            if key in hints and not fits(v, hints[key]):
+                raise ConfigError(f"{where}: method_space.{method}.{key}: bad value {v!r} "
+                                  f"({describe(hints[key])} expected)")
     for point in _points(space):
         try:
             config_cls(**point)
@@ -366,27 +448,3 @@ def _points(space: dict[str, list]) -> typing.Iterator[dict[str, Any]]:
     for key, values in space.items():
         for v in values:
             yield {**first, key: v}
-
-
-def _type_mismatch(value: Any, hint: Any) -> str | None:
-    """What ``hint`` expects if ``value`` does not fit it (simple types only), else None."""
-    if hint is None:
-        return None
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None and len(args) < len(typing.get_args(hint)):
-            return None
-        wrong = [_type_mismatch(value, a) for a in args]
-        return None if any(w is None for w in wrong) else " or ".join(w for w in wrong if w)
-    hint = typing.get_origin(hint) or hint
-    if hint is bool:
-        return None if isinstance(value, bool) else "true/false"
-    if hint is int:
-        return None if _is_int(value) else "an integer"
-    if hint is float:
-        return None if _is_number(value) else "a number"
-    if hint is str:
-        return None if isinstance(value, str) else "a string"
-    if hint is list:
-        return None if isinstance(value, list) else "a list"
-    return None

@@ -98,11 +98,6 @@ class SweepSearcher(Searcher):
             self.state = json.load(f)
         self._studies, self._asked = {}, {}
 
-    # ---- what the driver may ask ------------------------------------------------------------------
-
-    def chosen(self, cp: CellPlan) -> dict[str, Any] | None:
-        return self._cell(cp)["chosen"]
-
     # ---- internals ---------------------------------------------------------------------------------
 
     def _cell(self, cp: CellPlan) -> dict[str, Any]:

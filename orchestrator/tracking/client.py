@@ -26,18 +26,30 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from alore.errors import first_line
 from alorectl.db.urls import mask_text
 
-# A tracking server that went away should cost seconds, not MLflow's default minutes of retries:
-# the sweep goes on and the cell is logged later (see orchestrator.track).
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-# MLflow prints "View run ... at: <tracking URI>" on every finished run: noise in a progress display.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+#: MLflow's settings for a client that must not stall a sweep, applied by :func:`configure` (never at import).
+#: A tracking server that went away should cost seconds, not MLflow's default minutes of retries: the sweep
+#: goes on and the cell is logged later (see :mod:`alorectl.tracking.observer`); and MLflow's "View run ... at:
+#: <tracking URI>" line on every finished run would be noise in a progress display.
+CLIENT_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+USERNAME, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 
 
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema set-up chatter on first use
+def configure(credentials: dict[str, str] | None = None) -> None:
+    """Make this process an MLflow client: the settings above (a user's own values win) and, for an http(s)
+    server with ``user:password@``, its credentials.
+
+    MLflow's public client reads HTTP credentials only from the environment (or ``~/.mlflow/credentials``), so
+    the one process that talks to the server holds them there; it is called by :class:`Tracker` and the UI's
+    link printer, after Ray has started, so no Ray worker inherits them.
+    """
+    for key, value in CLIENT_SETTINGS.items():
+        os.environ.setdefault(key, value)
+    os.environ.update(credentials or {})
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema set-up chatter on first use
 
 
 COMPLETE = "alore.complete"  # the tag written last: a run without it is unfinished and is redone
@@ -55,7 +67,7 @@ def guarded(fn: Callable) -> Callable:
         except TrackingUnavailable:
             raise
         except Exception as err:  # any client or transport failure: the server is away or refuses
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            first = first_line(err)
             raise TrackingUnavailable(mask_text(f"{type(err).__name__}: {first}")[:300]) from None
 
     return wrapper
@@ -72,22 +84,30 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def split_credentials(uri: str) -> str:
-    """An http(s) tracking URI without ``user:password@``; the credentials go where MLflow reads them
-    (MLFLOW_TRACKING_USERNAME/PASSWORD), so no URL MLflow builds or prints can carry them."""
+def split_credentials(uri: str) -> tuple[str, dict[str, str]]:
+    """An http(s) tracking URI without ``user:password@``, and the credentials as the environment entries
+    MLflow reads (nothing is set here): no URL MLflow builds or prints can carry them."""
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https"):
-        return uri
+        return uri, {}
+    credentials = {}
     if parts.username is not None:
-        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
+        credentials[USERNAME] = unquote(parts.username)
     if parts.password is not None:
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        credentials[PASSWORD] = unquote(parts.password)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])), credentials
+
+
+def bare_uri(uri: str) -> str:
+    """``uri`` without credentials, to show or to build links from."""
+    return split_credentials(uri)[0]
 
 
 class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None) -> None:
-        self.client = MlflowClient(split_credentials(tracking_uri))
+        uri, credentials = split_credentials(tracking_uri)
+        configure(credentials)
+        self.client = MlflowClient(uri)
         self.artifact_root = artifact_root
 
     @guarded
@@ -166,10 +186,6 @@ class Tracker:
             self.client.log_batch(run_id, metrics=batch[i:i + 900])
         if tags:
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-
-    @guarded
-    def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
 
     @guarded
     def artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
