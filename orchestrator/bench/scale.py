@@ -65,6 +65,7 @@ class Options:
     kill_driver_at: float | None = None
     kill_node_at: float | None = None
     name: str = "scale"
+    command_times: bool = True  # also time `sweep status` / `leaderboard` as whole commands (fresh processes)
 
 
 # ---- the simulation table: costs and sizes the driver computes (torch, meta device), trials read ------------
@@ -326,7 +327,7 @@ def run_bench(preset: Preset, opts: Options, workdir: Path, on_step: Callable[[s
                   occupancy=result["busy_s"] / (opts.slots * result["makespan_s"]) if result["makespan_s"] else None,
                   workdir=str(workdir), merged_weights="stand-in (8-byte safetensors): simulated runs merge nothing")
     result.update(_verify(plan, workdir, opts.name))
-    result.update(_final_reads(preset, workdir, opts.name, cluster.env))
+    result.update(_final_reads(preset, workdir, opts.name, cluster.env, opts.command_times))
     return result
 
 
@@ -481,7 +482,8 @@ def _verify(plan: planning.SweepPlan, workdir: Path, name: str) -> dict[str, Any
     }
 
 
-def _final_reads(preset: Preset, workdir: Path, name: str, env: dict[str, str]) -> dict[str, Any]:
+def _final_reads(preset: Preset, workdir: Path, name: str, env: dict[str, str], commands: bool = True,
+                 ) -> dict[str, Any]:
     """The time of ``sweep status`` and ``leaderboard`` (the slower backbone) at the end: ``status_s`` and
     ``leaderboard_s`` are what the commands do once started (the same calls, in this process);
     ``*_cmd_s`` are the whole commands as a user runs them (interpreter start and imports included)."""
@@ -511,6 +513,8 @@ def _final_reads(preset: Preset, workdir: Path, name: str, env: dict[str, str]) 
             board_s = max(board_s, time.perf_counter() - t)
     finally:
         engine.dispose()
+    if not commands:
+        return {"status_s": status_s, "leaderboard_s": board_s}
     status_cmd_s = timed(["sweep", "status", name, "--workdir", str(workdir), "--json"])
     board_cmd_s = max(timed(["leaderboard", "--backbone", b, "--suite", preset.suite, "--simulated", "--workdir",
                              str(workdir), "--format", "json"]) for b in preset.backbones)

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import struct
+import sys
 import tempfile
 import time
 import zlib
@@ -139,8 +140,8 @@ def run_simulated(config: dict[str, Any], cadence: Any = None, sim: dict[str, An
             metrics.update(node_id=node_id, trainable_params=trainable, simulated=1)
             if ledger is not None:
                 with open(ledger, "a") as f:
-                    f.write(json.dumps({"epoch": e, "start": t0, "end": t1, "attempt": attempt,
-                                        "steps": steps}) + "\n")
+                    f.write(json.dumps({"epoch": e, "start": t0, "end": t1, "attempt": attempt, "steps": steps,
+                                        "torch": "torch" in sys.modules}) + "\n")
             due = reporter.add(metrics)
             if due is None:
                 continue

@@ -132,6 +132,8 @@ def scale(
     kill_node_at: Annotated[float | None, typer.Option(
         help="SIGKILL one simulated node when this fraction of trials is complete (e.g. 0.5)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="last line of stdout: one JSON object")] = False,
+    command_times: Annotated[bool, typer.Option(hidden=True, help="also time `sweep status` and `leaderboard` "
+                                                "as whole commands (interpreter start and imports)")] = True,
 ) -> None:
     """The real sweep (plan, searcher, Tune, database, MLflow, leaderboard, resume) on a simulated cluster of
     local Ray nodes; only the trial body is simulated. Prints makespan vs the plan's estimate, occupancy, lag."""
@@ -164,7 +166,8 @@ def scale(
     work = workdir or Path(tempfile.mkdtemp(prefix="alore-scale-"))
     say = (lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]", highlight=False))
     r = run_bench(p, Options(slots=slots, nodes=nodes, trial_seconds=trial_seconds, epochs=epochs,
-                             kill_driver_at=kill_driver_at, kill_node_at=kill_node_at, name=f"scale-{p.name}"),
+                             kill_driver_at=kill_driver_at, kill_node_at=kill_node_at, name=f"scale-{p.name}",
+                             command_times=command_times),
                   work, on_step=say)
     if as_json:
         print(json.dumps(r))  # one line: the last line of stdout
