@@ -49,6 +49,7 @@ from alorectl.sweep.preset import Preset
 from . import simulated
 
 POLL_S = 0.5                     # how often the database is read for completed trials
+PROGRESS_S = 30.0                # how often a progress line is printed (not with --json)
 BIN = Path(sys.executable).parent
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # `ray`, run by this interpreter (workers import this alorectl)
 ALORECTL = BIN / "alorectl"
@@ -342,10 +343,15 @@ def _sweep(plan: planning.SweepPlan, preset_file: Path, table: Path, workdir: Pa
     drivers = [Driver(["sweep", "run", str(preset_file), "--name", opts.name, *common], env, log)]
     on_step(f"running {total} simulated trials of {len(plan.cells)} cells")
     killed_driver_at = killed_node_at = resumed_at = None
+    began = shown = time.time()
     while True:
         now = time.time()
         for row in _query(db_file, COMPLETE_SQL, opts.name):
             seen.setdefault(row, now)
+        if now - shown >= PROGRESS_S:  # a long run says how it goes (and leaves numbers if it is stopped)
+            shown = now
+            on_step(f"{now - began:.0f} s: {len(seen)}/{total} trials complete ({len(seen) / (now - began):.2f}/s), "
+                    f"driver peak RSS {_peak_rss_mb(drivers[-1].proc.pid):.0f} MB")
         if opts.kill_driver_at is not None and killed_driver_at is None and len(seen) >= opts.kill_driver_at * total:
             on_step(f"SIGKILL the driver's process group ({len(seen)} of {total} trials complete)")
             drivers[-1].kill()
@@ -404,6 +410,15 @@ def _sweep(plan: planning.SweepPlan, preset_file: Path, table: Path, workdir: Pa
         out["lost_trial_s_per_slot"] = redone / opts.slots
         out["killed"] = "driver" if killed_driver_at is not None else "node"
     return out
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident set (VmHWM), in MB; 0 when gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _dirname(key: tuple) -> str:
