@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -164,7 +165,9 @@ def scale(
     p = apply_flags(presets.load(preset), backbones=backbones, methods=methods, tasks=tasks, trials=trials,
                     epochs=epochs)
     work = workdir or Path(tempfile.mkdtemp(prefix="alore-scale-"))
-    say = (lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]", highlight=False))
+    # Steps and progress: on stderr with --json (stdout ends with the one JSON line).
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if as_json else (
+        lambda m: console.print(m, style="dim", highlight=False, markup=False))
     r = run_bench(p, Options(slots=slots, nodes=nodes, trial_seconds=trial_seconds, epochs=epochs,
                              kill_driver_at=kill_driver_at, kill_node_at=kill_node_at, name=f"scale-{p.name}",
                              command_times=command_times),
