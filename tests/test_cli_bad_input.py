@@ -70,6 +70,11 @@ class Row:
 
 # --- setups: run inside the fresh work folder, before the snapshot ---------------------------------
 
+def used_folder(tmp: Path) -> None:
+    (tmp / "used").mkdir()
+    (tmp / "used" / "notes.txt").write_text("someone's files")
+
+
 def corrupt_checkpoint(tmp: Path) -> None:
     (tmp / "out").mkdir()
     (tmp / "out" / "checkpoint.pt").write_bytes(b"PK\x03\x04 not really a zip")
@@ -168,8 +173,10 @@ ROWS = [
                                    "--kill-node-at", "0.5"], "choose one fault per run"),
     Row("bench-scale-kill-node-one-node", [*BENCH_SCALE, "--slots", "2", "--kill-node-at", "0.5"],
         "--kill-node-at needs --nodes of 2 or more (the head stays), got 1"),
-    Row("bench-scale-workdir-not-empty", [*BENCH_SCALE, "--slots", "2", "--workdir", "{tmp}"],
+    Row("bench-scale-workdir-a-file", [*BENCH_SCALE, "--slots", "2", "--workdir", "{file}"],
         "is not an empty folder; name a new or empty one"),
+    Row("bench-scale-workdir-not-empty", [*BENCH_SCALE, "--slots", "2", "--workdir", "{tmp}/used"],
+        "is not an empty folder; name a new or empty one", setup=used_folder),
     Row("bench-scale-unknown-backbone", [*BENCH_SCALE, "--slots", "2", "--backbones", "vit_q"],
         ("vit_q", "vit_b")),
     Row("bench-train-steps-neg", [*BENCH_TRAIN, "--steps", "-1"], "--steps must be >= 1, got -1"),

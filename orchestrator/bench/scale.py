@@ -260,6 +260,9 @@ COMPLETE_SQL = ("SELECT c.backbone, c.task, c.method, t.trial_key FROM trial t J
                 "AND t.mlflow_run_id IS NOT NULL")
 
 
+DRIVERS: list[Driver] = []  # every driver this process started
+
+
 class Driver:
     """One ``alorectl sweep run|resume`` process in its own process group; its rusage when it ends."""
 
@@ -267,6 +270,7 @@ class Driver:
         with log.open("a") as out:
             self.proc = subprocess.Popen([str(ALORECTL), *args], env=env, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        DRIVERS.append(self)
         self.rusage: Any = None
         self.rc: int | None = None
 
@@ -320,6 +324,9 @@ def run_bench(preset: Preset, opts: Options, workdir: Path, on_step: Callable[[s
         cluster.wait_alive(opts.nodes)
         result = _sweep(plan, preset_file, table, workdir, cluster, opts, on_step)
     finally:
+        for driver in DRIVERS:  # stopped (Ctrl-C, an error) before its sweep ended: no driver outlives the bench
+            if driver.poll() is None:
+                driver.kill()
         on_step("stopping the simulated cluster")
         cluster.shutdown()
     result.update(slots=opts.slots, nodes=opts.nodes, cells=len(plan.cells), planned_trials=plan.total_trials,
