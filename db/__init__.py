@@ -31,7 +31,7 @@ from alorectl.db.errors import (
     UnknownResultError,
 )
 from alorectl.db.leaderboard import Leaderboard, leaderboard, to_csv, to_json, to_markdown, to_records, to_rows
-from alorectl.db.lookup import find_result, result_backbones, result_suites, result_tasks
+from alorectl.db.lookup import find_result, result_backbones, result_suites, result_tasks, simulated_only
 from alorectl.db.session import Bind, connect, open_existing, sessions
 from alorectl.db.status import SweepStatus, TrialRow, results_of, sweep_config, sweep_names, sweep_status, sweep_trials
 from alorectl.db.urls import mask_url, parse_db_url
@@ -61,6 +61,7 @@ __all__ = [
     "result_suites",
     "result_tasks",
     "sessions",
+    "simulated_only",
     "set_cell_status",
     "set_sweep_status",
     "sweep_names",

@@ -147,6 +147,7 @@ def leaderboard(
     groups: Mapping[str, str] | None = None,
     method_order: Sequence[str] | None = None,
     labels: Mapping[str, str] | None = None,
+    simulated: bool = False,
 ) -> Leaderboard:
     """The leaderboard of ``backbone`` (optionally one ``suite``).
 
@@ -158,7 +159,7 @@ def leaderboard(
     groups (e.g. ``{"cifar": "CIFAR-100"}``).
     """
     groups = dict(groups or {})
-    entries = _latest_entries(bind, backbone, suite)
+    entries = _latest_entries(bind, backbone, suite, simulated)
     if task_order is not None:
         tasks = tuple(task_order)
     elif groups:
@@ -186,8 +187,9 @@ def leaderboard(
     return replace(board, best=best)
 
 
-def _latest_entries(bind: Bind, backbone: str, suite: str | None) -> list[Entry]:
-    """The most recent result row per (task, method) of the backbone."""
+def _latest_entries(bind: Bind, backbone: str, suite: str | None, simulated: bool = False) -> list[Entry]:
+    """The most recent result row per (task, method) of the backbone: of real sweeps only, or (``simulated``)
+    of simulated sweeps only (``alorectl bench scale``): the two never mix."""
     recency = (
         func.row_number()
         .over(partition_by=(Result.task, Result.method), order_by=(Result.updated_at.desc(), Result.id.desc()))
@@ -196,7 +198,7 @@ def _latest_entries(bind: Bind, backbone: str, suite: str | None) -> list[Entry]
     ranked = (
         select(Result.__table__, Sweep.name.label("sweep_name"), recency)
         .join(Sweep, Sweep.id == Result.sweep_id)
-        .where(Result.backbone == backbone)
+        .where(Result.backbone == backbone, Sweep.simulated.is_(simulated))
     )
     if suite is not None:
         ranked = ranked.where(Result.suite == suite)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from alorectl.db.errors import SweepNotFoundError, UnknownResultError
@@ -26,27 +26,29 @@ from alorectl.db.session import Bind, read_scope
 BEST = "best"
 
 
-def find_result(engine: Bind, backbone: str, task: str, method: str, sweep: str | None = None) -> Result:
+def find_result(engine: Bind, backbone: str, task: str, method: str, sweep: str | None = None, *,
+                simulated: bool = False) -> Result:
     """The newest :class:`Result` of (backbone, task, method), detached (unless ``engine`` is a Session).
 
     ``method="best"``: of each method's newest row, the one with the highest
     val accuracy (ties: the newer row); rows without a val accuracy cannot
     be chosen.  ``sweep``: only that sweep's rows (:class:`SweepNotFoundError`
     for an unknown name).  Raises :class:`UnknownResultError` naming the valid
-    backbone/task/method combinations when nothing matches.
+    backbone/task/method combinations when nothing matches.  Results of simulated sweeps (``alorectl bench
+    scale``) are found only with ``simulated=True``, and then only those.
     """
-    query = select(Result).where(Result.backbone == backbone, Result.task == task)
+    query = _kind(select(Result).where(Result.backbone == backbone, Result.task == task), simulated)
     if method != BEST:
         query = query.where(Result.method == method)
     if sweep is not None:
-        query = query.join(Sweep, Sweep.id == Result.sweep_id).where(Sweep.name == sweep)
+        query = query.where(Sweep.name == sweep)
     query = query.order_by(Result.updated_at.desc(), Result.id.desc())
     with _session(engine) as session:
         if sweep is not None and session.scalar(select(Sweep.id).where(Sweep.name == sweep)) is None:
             raise SweepNotFoundError(sweep, session.scalars(select(Sweep.name)))
         rows = list(session.scalars(query))
         if not rows:
-            raise UnknownResultError(f"{backbone}/{task}/{method}", _combinations(session, sweep))
+            raise UnknownResultError(f"{backbone}/{task}/{method}", _combinations(session, sweep, simulated))
         if method == BEST:
             newest: dict[str, Result] = {}
             for row in rows:  # newest first
@@ -67,35 +69,56 @@ def find_result(engine: Bind, backbone: str, task: str, method: str, sweep: str 
     return chosen
 
 
-def result_backbones(engine: Bind, suite: str | None = None) -> list[str]:
+def simulated_only(engine: Bind, backbone: str, task: str, method: str) -> str | None:
+    """The name of a simulated sweep holding a result of (backbone, task, method) when no real sweep does:
+    what an export is told when it asks for a result that only a simulation produced."""
+    try:
+        find_result(engine, backbone, task, method)
+        return None
+    except UnknownResultError:
+        pass
+    try:
+        row = find_result(engine, backbone, task, method, simulated=True)
+    except UnknownResultError:
+        return None
+    with read_scope(engine) as conn:
+        return conn.execute(select(Sweep.name).where(Sweep.id == row.sweep_id)).scalar_one()
+
+
+def result_backbones(engine: Bind, suite: str | None = None, *, simulated: bool = False) -> list[str]:
     """The backbones with at least one result (in ``suite``), sorted."""
-    query = select(Result.backbone).distinct()
+    query = _kind(select(Result.backbone).distinct(), simulated)
     if suite is not None:
         query = query.where(Result.suite == suite)
     with read_scope(engine) as conn:
         return sorted(conn.execute(query).scalars())
 
 
-def result_tasks(engine: Bind, backbone: str, suite: str | None = None) -> list[str]:
+def result_tasks(engine: Bind, backbone: str, suite: str | None = None, *, simulated: bool = False) -> list[str]:
     """The tasks ``backbone`` has a result for (in ``suite``), sorted."""
-    query = select(Result.task).distinct().where(Result.backbone == backbone)
+    query = _kind(select(Result.task).distinct().where(Result.backbone == backbone), simulated)
     if suite is not None:
         query = query.where(Result.suite == suite)
     with read_scope(engine) as conn:
         return sorted(conn.execute(query).scalars())
 
 
-def result_suites(engine: Bind, backbone: str) -> list[str]:
+def result_suites(engine: Bind, backbone: str, *, simulated: bool = False) -> list[str]:
     """The suites ``backbone`` has a result in, sorted."""
-    query = select(Result.suite).distinct().where(Result.backbone == backbone)
+    query = _kind(select(Result.suite).distinct().where(Result.backbone == backbone), simulated)
     with read_scope(engine) as conn:
         return sorted(conn.execute(query).scalars())
 
 
-def _combinations(session: Session, sweep: str | None) -> list[str]:
-    query = select(Result.backbone, Result.task, Result.method).distinct()
+def _kind(query: Select, simulated: bool) -> Select:
+    """Only the results of real sweeps, or (``simulated``) only those of simulated ones: never both."""
+    return query.join(Sweep, Sweep.id == Result.sweep_id).where(Sweep.simulated.is_(simulated))
+
+
+def _combinations(session: Session, sweep: str | None, simulated: bool = False) -> list[str]:
+    query = _kind(select(Result.backbone, Result.task, Result.method).distinct(), simulated)
     if sweep is not None:
-        query = query.join(Sweep, Sweep.id == Result.sweep_id).where(Sweep.name == sweep)
+        query = query.where(Sweep.name == sweep)
     return [f"{b}/{t}/{m}" for b, t, m in session.execute(query)]
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -41,6 +42,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -101,6 +103,9 @@ class Sweep(_Timestamps, Base):
     # The resolved plan (preset + CLI flags), credentials masked.
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(20), default="pending")
+    # A sweep of ``alorectl bench scale``: real machinery, simulated trial bodies. Its results never reach the
+    # leaderboard of real results, an export, or the MLflow leaderboard of real results.
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     cells: Mapped[list[Cell]] = relationship(back_populates="sweep", passive_deletes=True)
     results: Mapped[list[Result]] = relationship(back_populates="sweep", passive_deletes=True)

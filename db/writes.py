@@ -53,8 +53,10 @@ def upsert_sweep(
     suite: str | None = None,
     config: Mapping[str, Any] | None = None,
     status: str | None = None,
+    simulated: bool | None = None,
 ) -> int:
-    """Create the sweep ``name`` or update it (a resumed sweep); returns its id."""
+    """Create the sweep ``name`` or update it (a resumed sweep); returns its id. ``simulated``: a sweep of
+    simulated trials (``alorectl bench scale``), kept apart from real results."""
     _check("sweep status", status, SWEEP_STATUSES)
     now = utcnow()
     return _upsert(
@@ -62,8 +64,9 @@ def upsert_sweep(
         Sweep,
         ("name",),
         {"name": name, "created_at": now},
-        {"preset": preset, "suite": suite, "config": _json(config), "status": status, "updated_at": now},
-        insert_defaults={"config": {}, "status": "pending"},
+        {"preset": preset, "suite": suite, "config": _json(config), "status": status, "updated_at": now,
+         "simulated": simulated},
+        insert_defaults={"config": {}, "status": "pending", "simulated": False},
     )
 
 

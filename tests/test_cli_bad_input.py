@@ -43,6 +43,7 @@ runner = CliRunner()
 TRAIN = ["train", "--backbone", "demo", "--weights", "{demo_w}", "--task", "digits", "--data-root", "{data}",
          "--epochs", "1", "--device", "cpu", "--out", "{out}"]
 BENCH_INFERENCE = ["bench", "inference", "--backbone", "vit_test", "--methods", "linear", "--device", "cpu"]
+BENCH_SCALE = ["bench", "scale", "vtab"]
 BENCH_TRAIN = ["bench", "train", "--backbone", "vit_test", "--methods", "linear", "--device", "cpu"]
 TRAVERSAL = "vit_tiny_patch16_224./../x"
 SWEEP = ["sweep", "{tmp}/p.yaml", "--workdir", "{tmp}"]  # the work folder itself: the snapshot sees all it makes
@@ -68,6 +69,11 @@ class Row:
 
 
 # --- setups: run inside the fresh work folder, before the snapshot ---------------------------------
+
+def used_folder(tmp: Path) -> None:
+    (tmp / "used").mkdir()
+    (tmp / "used" / "notes.txt").write_text("someone's files")
+
 
 def corrupt_checkpoint(tmp: Path) -> None:
     (tmp / "out").mkdir()
@@ -158,6 +164,25 @@ ROWS = [
         "unknown device 'tpu'; valid choices: auto, cpu, cuda"),
     Row("bench-train-batch-0", [*BENCH_TRAIN, "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     Row("bench-inference-steps-0", [*BENCH_INFERENCE, "--steps", "0"], "--steps must be >= 1, got 0"),
+    # alorectl bench scale (checked before a cluster starts or a folder is made)
+    Row("bench-scale-slots-0", [*BENCH_SCALE, "--slots", "0"], "--slots must be >= 1, got 0"),
+    Row("bench-scale-nodes-over-slots", [*BENCH_SCALE, "--slots", "2", "--nodes", "3"],
+        "--nodes must be between 1 and --slots (2), got 3"),
+    Row("bench-scale-trial-seconds-0", [*BENCH_SCALE, "--slots", "2", "--trial-seconds", "0"],
+        "--trial-seconds must be > 0, got 0.0"),
+    Row("bench-scale-epochs-0", [*BENCH_SCALE, "--slots", "2", "--epochs", "0"], "--epochs must be >= 1, got 0"),
+    Row("bench-scale-kill-fraction", [*BENCH_SCALE, "--slots", "2", "--kill-driver-at", "1.5"],
+        "--kill-driver-at must be a fraction between 0 and 1 (exclusive), got 1.5"),
+    Row("bench-scale-two-faults", [*BENCH_SCALE, "--slots", "2", "--nodes", "2", "--kill-driver-at", "0.5",
+                                   "--kill-node-at", "0.5"], "choose one fault per run"),
+    Row("bench-scale-kill-node-one-node", [*BENCH_SCALE, "--slots", "2", "--kill-node-at", "0.5"],
+        "--kill-node-at needs --nodes of 2 or more (the head stays), got 1"),
+    Row("bench-scale-workdir-a-file", [*BENCH_SCALE, "--slots", "2", "--workdir", "{file}"],
+        "is not an empty folder; name a new or empty one"),
+    Row("bench-scale-workdir-not-empty", [*BENCH_SCALE, "--slots", "2", "--workdir", "{tmp}/used"],
+        "is not an empty folder; name a new or empty one", setup=used_folder),
+    Row("bench-scale-unknown-backbone", [*BENCH_SCALE, "--slots", "2", "--backbones", "vit_q"],
+        ("vit_q", "vit_b")),
     Row("bench-train-steps-neg", [*BENCH_TRAIN, "--steps", "-1"], "--steps must be >= 1, got -1"),
     # alorectl params, check-merge
     Row("params-unsafe-backbone", ["params", "--backbone", TRAVERSAL], f"invalid backbone name '{TRAVERSAL}'"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -112,3 +114,86 @@ def sweep(
         table.add_row(str(r["slots"]), str(r["trials"]), f"{r['makespan_s']:.1f}", f"{r['occupancy']:.2f}",
                       f"{r['speedup']:.2f}x", f"{r['mean_trial_wall_s']:.1f}", f"{100 * r['overhead_share']:.1f}%")
     console.print(table)
+
+
+@app.command("scale")
+def scale(
+    preset: Annotated[str, typer.Argument(help="a preset (vtab, fgvc, demo) or a .yaml path")],
+    slots: Annotated[int, typer.Option(help="GPU trial slots of the simulated cluster, all nodes together")],
+    backbones: Annotated[str | None, typer.Option(help="comma-separated, e.g. vit_b,vit_l,vit_h")] = None,
+    tasks: Annotated[str | None, typer.Option(help="comma-separated task names (default: the preset's)")] = None,
+    methods: Annotated[str | None, typer.Option(help="comma-separated (default: the preset's)")] = None,
+    trials: Annotated[int | None, typer.Option(help="search trials per cell (default: the preset's)")] = None,
+    nodes: Annotated[int, typer.Option(help="simulated Ray nodes the slots are spread over")] = 1,
+    trial_seconds: Annotated[float, typer.Option(help="seconds one simulated ViT-B trial takes (others: by cost)")] = 2.0,
+    epochs: Annotated[int | None, typer.Option(help="epochs per trial (default: the preset's)")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="a new or empty folder (default: a new one under /tmp)")] = None,
+    kill_driver_at: Annotated[float | None, typer.Option(
+        help="SIGKILL the driver when this fraction of trials is complete, then resume (e.g. 0.5)")] = None,
+    kill_node_at: Annotated[float | None, typer.Option(
+        help="SIGKILL one simulated node when this fraction of trials is complete (e.g. 0.5)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="last line of stdout: one JSON object")] = False,
+    command_times: Annotated[bool, typer.Option(hidden=True, help="also time `sweep status` and `leaderboard` "
+                                                "as whole commands (interpreter start and imports)")] = True,
+) -> None:
+    """The real sweep (plan, searcher, Tune, database, MLflow, leaderboard, resume) on a simulated cluster of
+    local Ray nodes; only the trial body is simulated. Prints makespan vs the plan's estimate, occupancy, lag."""
+    import tempfile
+
+    from alorectl.bench.scale import Options, run_bench
+    from alorectl.sweep import preset as presets
+
+    from .sweep import apply_flags
+
+    if slots < 1:
+        raise ConfigError(f"--slots must be >= 1, got {slots}")
+    if not 1 <= nodes <= slots:
+        raise ConfigError(f"--nodes must be between 1 and --slots ({slots}), got {nodes}")
+    if not trial_seconds > 0:
+        raise ConfigError(f"--trial-seconds must be > 0, got {trial_seconds}")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+    for flag, value in (("--kill-driver-at", kill_driver_at), ("--kill-node-at", kill_node_at)):
+        if value is not None and not 0 < value < 1:
+            raise ConfigError(f"{flag} must be a fraction between 0 and 1 (exclusive), got {value}")
+    if kill_driver_at is not None and kill_node_at is not None:
+        raise ConfigError("--kill-driver-at and --kill-node-at: choose one fault per run")
+    if kill_node_at is not None and nodes < 2:
+        raise ConfigError(f"--kill-node-at needs --nodes of 2 or more (the head stays), got {nodes}")
+    if workdir is not None and workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+        raise ConfigError(f"--workdir {workdir} is not an empty folder; name a new or empty one")
+    p = apply_flags(presets.load(preset), backbones=backbones, methods=methods, tasks=tasks, trials=trials,
+                    epochs=epochs)
+    work = workdir or Path(tempfile.mkdtemp(prefix="alore-scale-"))
+    # Steps and progress: on stderr with --json (stdout ends with the one JSON line).
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if as_json else (
+        lambda m: console.print(m, style="dim", highlight=False, markup=False))
+    r = run_bench(p, Options(slots=slots, nodes=nodes, trial_seconds=trial_seconds, epochs=epochs,
+                             kill_driver_at=kill_driver_at, kill_node_at=kill_node_at, name=f"scale-{p.name}",
+                             command_times=command_times),
+                  work, on_step=say)
+    if as_json:
+        print(json.dumps(r))  # one line: the last line of stdout
+        return
+    console.print(summary_line(r), highlight=False, markup=False, soft_wrap=True)
+
+
+def summary_line(r: dict) -> str:
+    """The benchmark's one summary (the JSON carries every number)."""
+    def f(key: str, fmt: str = ".2f") -> str:
+        return "-" if r.get(key) is None else format(r[key], fmt)
+
+    ok = all(r[k] == 0 for k in ("db_missing", "db_extra", "db_duplicates", "db_not_ended", "mlflow_missing",
+                                 "mlflow_duplicates")) and r["cells_on_leaderboard"] == r["cells"]
+    text = (f"SIMULATED sweep: {r['trials']}/{r['planned_trials']} trials of {r['cells']} cells on {r['slots']} slots "
+            f"({r['nodes']} nodes, {r['trial_seconds']:g} s per ViT-B trial, {r['epochs']} epochs): makespan "
+            f"{f('makespan_s', '.1f')} s vs the plan's {f('ideal_makespan_s', '.1f')} s (x{f('makespan_ratio')}), "
+            f"occupancy {f('occupancy')}, {f('results_per_s', '.1f')} results/s, lag median {f('lag_s_median')} s "
+            f"max {f('lag_s_max')} s, driver {f('driver_cpu_s', '.0f')} CPU-s peak {f('driver_peak_rss_mb', '.0f')} MB, "
+            f"experiment state {f('experiment_state_mb', '.1f')} MB, status {f('status_s')} s, leaderboard "
+            f"{f('leaderboard_s')} s")
+    if "restore_s" in r:
+        text += f"; {r['killed']} killed: restore {f('restore_s', '.1f')} s, lost {f('lost_trial_s', '.1f')} trial-s"
+    text += ("; every trial once in the database and MLflow, every cell on the leaderboard" if ok else
+             f"; CHECK FAILED: {json.dumps({k: r[k] for k in r if k.startswith(('db_', 'mlflow_', 'cells_'))})}")
+    return text + f". Merged weights: {r['merged_weights']}. Workdir: {r['workdir']}"

@@ -30,7 +30,7 @@ from alorectl.results.leaderboard import build, check_choices
 
 from alorectl import defaults
 from .app import console, fail
-from alorectl.results.render import board_table
+from alorectl.results.render import SIMULATED_LABEL, board_table
 from .options import DEFAULT_WORKDIR, DbUrl, TrackingUri, Workdir
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -64,6 +64,8 @@ def leaderboard(
     workdir: Workdir = DEFAULT_WORKDIR,
     tracking_uri: TrackingUri = None,  # accepted like every sweep-facing command; unused here
     db_flag: DbUrl = None,
+    simulated: Annotated[bool, typer.Option(
+        "--simulated", help="only the results of simulated sweeps (alorectl bench scale), labelled as such")] = False,
 ) -> None:
     """The paper's table layout: a row per method, a column per task, group means, Params(M), best marked."""
     if fmt not in FORMATS:
@@ -71,11 +73,13 @@ def leaderboard(
     if suite not in SUITES:  # typed values first, before the database is even looked for
         raise UnknownChoiceError("suite", suite, SUITES)
     with open_results(workdir, db_flag) as engine:
-        check_choices(engine, backbone, suite)
-        board = build(engine, backbone, suite)
+        check_choices(engine, backbone, suite, simulated)
+        board = build(engine, backbone, suite, simulated)
     if not board.rows:
         fail(f"no results for backbone {backbone!r} ({suite}) in {db.mask_url(defaults.db_url(workdir, db_flag))}; "
              "run a sweep first: alorectl sweep demo")
+    if simulated and fmt != "table":  # the table says it in its title; other formats get a line on stderr
+        sys.stderr.write(f"{SIMULATED_LABEL}\n")
     if fmt == "markdown":
         sys.stdout.write(db.to_markdown(board) + "\n")
     elif fmt == "csv":
@@ -83,7 +87,7 @@ def leaderboard(
     elif fmt == "json":
         sys.stdout.write(db.to_json(board) + "\n")
     else:
-        console.print(board_table(board, backbone, suite))
+        console.print(board_table(board, backbone, suite, simulated))
     if plot is not None:
         draw(board, plot, backbone)
 
@@ -167,6 +171,10 @@ def export(
 ) -> None:
     """Write model.safetensors (merged into plain timm), adapter.safetensors and card.json."""
     with open_results(workdir, db_flag) as engine:
+        fake = db.simulated_only(engine, backbone, task, method)
+        if fake is not None:
+            raise AloreError(f"{backbone}/{task}/{method} has only a simulated result (sweep {fake!r}, made by "
+                             "alorectl bench scale): its weights are stand-ins, there is nothing to export")
         row = db.find_result(engine, backbone, task, method)
     source = Path(row.artifact_uri or "")
     if not (source / "adapter.safetensors").is_file():

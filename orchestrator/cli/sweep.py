@@ -236,8 +236,9 @@ def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
                       on_cell_done=cell_done, on_warning=warning, on_links=links.update)
         run_sweep(p, settings, hooks, resume=resume)
     engine = db.connect(settings.db_url)
+    fake = bool(db.sweep_config(engine, settings.name).get("simulated"))  # alorectl bench scale's sweeps
     for backbone in p.backbones:
-        print_board(console, engine, backbone, p.suite)
+        print_board(console, engine, backbone, p.suite, simulated=fake)
     console.print(f"leaderboard: alorectl leaderboard --backbone {p.backbones[0]} --suite {p.suite} "
                   f"--workdir {escape(str(settings.workdir))}", highlight=False)
     server = settings.tracking_uri.startswith(("http://", "https://"))

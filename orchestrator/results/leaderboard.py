@@ -30,24 +30,29 @@ def known(suite: str) -> dict[str, Any]:
     return {**VTAB_TASKS, **DEMO_TASKS} if suite == "vtab" else dict(FGVC_DATASETS)
 
 
-def check_choices(bind: Any, backbone: str, suite: str) -> None:
+def check_choices(bind: Any, backbone: str, suite: str, simulated: bool = False) -> None:
     """An unknown suite, or a backbone without results, names the valid choices instead of an empty table."""
     if suite not in SUITES:
         raise UnknownChoiceError("suite", suite, SUITES)
-    have = db.result_backbones(bind)
+    have = db.result_backbones(bind, simulated=simulated)
+    if not have and simulated:
+        raise AloreError("no simulated results recorded; make some with: alorectl bench scale demo --slots 2")
     if not have:
-        raise AloreError("no results recorded yet; run a sweep first: alorectl sweep demo")
+        hint = (" (only simulated results are recorded: alorectl leaderboard --simulated)"
+                if db.result_backbones(bind, simulated=True) else "")
+        raise AloreError(f"no results recorded yet; run a sweep first: alorectl sweep demo{hint}")
     if backbone not in have:
         raise UnknownChoiceError("backbone", backbone, have, hint="(the backbones with results)")
-    suites = db.result_suites(bind, backbone)
+    suites = db.result_suites(bind, backbone, simulated=simulated)
     if suite not in suites:
         raise UnknownChoiceError(f"suite for backbone {backbone!r}", suite, suites, hint="(the suites it has results in)")
 
 
-def build(bind: Any, backbone: str, suite: str) -> db.Leaderboard:
+def build(bind: Any, backbone: str, suite: str, simulated: bool = False) -> db.Leaderboard:
+    """The leaderboard of real sweeps' results, or (``simulated``) of simulated sweeps' only."""
     infos = known(suite)
-    found = set(db.result_tasks(bind, backbone, suite=suite))
+    found = set(db.result_tasks(bind, backbone, suite=suite, simulated=simulated))
     order = [t for t in infos if t in found] + sorted(found - set(infos))
     groups = {t: infos[t].group for t in order if t in infos}
     return db.leaderboard(bind, backbone, suite=suite, task_order=order or None, groups=groups or None,
-                          method_order=METHOD_ORDER, labels=LABELS)
+                          method_order=METHOD_ORDER, labels=LABELS, simulated=simulated)

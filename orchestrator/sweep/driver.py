@@ -28,6 +28,7 @@ from alore.errors import AloreError, DataError
 from alorectl.db.urls import mask_text, mask_url
 
 from alorectl import defaults, security
+from alorectl.bench import simulated as simulation
 from . import experiment as run
 from . import plan as planning
 from .preset import Preset
@@ -154,8 +155,8 @@ class Driver:
         self.hooks.on_trial_start(spec)
 
     def result(self, trial: Any, result: dict[str, Any]) -> None:
-        if "epoch" in result:
-            self.reports.setdefault(trial.trial_id, {})[int(result["epoch"])] = dict(result)
+        if "epoch" in result:  # a report carries every epoch since the previous one (sweep.cadence)
+            self.reports.setdefault(trial.trial_id, {}).update((int(r["epoch"]), r) for r in run.expand(result))
 
     def ended(self, trial: Any, error: str | None) -> None:
         spec = planning.TrialSpec.from_config(trial.config)
@@ -288,19 +289,25 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
         security.make_private(settings.workdir)  # owner-only from the start: the embedded database lives in it
     engine = db.connect(settings.db_url)
     recorded = settings.name in db.sweep_names(engine)
+    simulated = simulation.table() is not None  # alorectl bench scale: simulated trial bodies
+    if recorded and bool(db.sweep_config(engine, settings.name).get("simulated")) != simulated:
+        raise AloreError(f"sweep {settings.name!r} is " + ("simulated: only alorectl bench scale continues it"
+                         if not simulated else "a real sweep: a simulation cannot continue it"))
     security.make_private(settings.workdir)
     run.check_experiment(settings.workdir, settings.name, restore=resume or recorded)
     sweep_config = {**preset.to_dict(), "tracking_uri": mask_text(settings.tracking_uri),
-                    "db": mask_url(settings.db_url), "weights_used": {b: _shown(w) for b, w in _weights(plan).items()}}
+                    "db": mask_url(settings.db_url), "weights_used": {b: _shown(w) for b, w in _weights(plan).items()},
+                    **({"simulated": True} if simulated else {})}
     sweep_id = db.upsert_sweep(engine, settings.name, preset=preset.name, suite=preset.suite, config=sweep_config,
-                               status="running")
+                               status="running", simulated=simulated)
     hooks.on_step("starting Ray" + (f" (cluster {settings.address})" if settings.address else " (local)"))
     run.start_ray(settings.address, settings.workdir / "logs")
     slots = run.slots(preset.cpus_per_trial, preset.gpus_per_trial)
     slots = min(slots, settings.max_concurrent) if settings.max_concurrent else slots
     db.upsert_sweep(engine, settings.name, config={**sweep_config, "slots": slots, "total_trials": plan.total_trials})
     recorder = Recorder(engine, sweep_id, plan)
-    track = Track(Tracker(settings.tracking_uri, settings.workdir / "mlartifacts"), plan, hooks.on_warning)
+    track = Track(Tracker(settings.tracking_uri, settings.workdir / "mlartifacts"), plan, hooks.on_warning,
+                  simulated=simulated)
     driver = Driver(plan, settings, recorder, track, engine, hooks)
     try:
         hooks.on_step("logging to MLflow what a previous run left unlogged")

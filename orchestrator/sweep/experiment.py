@@ -29,15 +29,16 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from alore.errors import AloreError, first_line
 
 from alorectl.security import check_trusted, inside, make_private
+from .cadence import Policy, asha_rungs, expand
 from .plan import SweepPlan, TrialSpec
 from .searcher import METRIC, MODE, SweepSearcher
-from .trial import run_trial
 
 RAY_DIR = "ray"  # <workdir>/ray/<sweep>: the one place the storage layout is spelled
 
@@ -77,6 +78,9 @@ def start_ray(address: str | None, log_dir: Path | None = None) -> None:
     # Final runs report test accuracy and no val200 (there is none on train800val200); ASHA, which prunes
     # search trials on val_acc, leaves a result without it alone, but Tune's strict check would fail the trial.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Tune's CSV and TensorBoard loggers write every result a second and third time; the recorder (database)
+    # and the tracker (MLflow) keep the same data. The JSON logger (result.json) stays: resume reads it.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": False}
     if log_dir is not None:
         # Ray's own warnings (e.g. "Token authentication is enabled") go to a file, not into the progress line.
@@ -224,24 +228,41 @@ def tuner(plan: SweepPlan, workdir: Path, *, cpus_per_trial: float, gpus_per_tri
     previous run left one, else new."""
     path = experiment_dir(workdir, plan.name)
     make_private(storage(workdir))
-    trainable = tune.with_resources(run_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    limit = max_concurrent or slots(cpus_per_trial, gpus_per_trial)
+    grace = max(1, epochs // 10)
+    # Trials report at ASHA's rungs, at the end, and otherwise at a rate the driver can take (cadence).
+    policy = Policy.for_sweep(limit, asha_rungs(epochs, grace) if plan.scheduler == "asha" else ())
+    trainable = tune.with_resources(trial_body(policy), {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     if path.exists():
         check_experiment(workdir, plan.name, restore)
         if tune.Tuner.can_restore(str(path)):
             # Finished trials stay finished; errored ones resume from their checkpoint.
             return tune.Tuner.restore(str(path), trainable, resume_errored=True)
-    limit = max_concurrent or slots(cpus_per_trial, gpus_per_trial)
-    scheduler = (ASHAScheduler(metric=METRIC, mode=MODE, max_t=epochs, grace_period=max(1, epochs // 10),
+    scheduler = (ASHAScheduler(metric=METRIC, mode=MODE, max_t=epochs, grace_period=grace,
                                reduction_factor=2, time_attr="epoch") if plan.scheduler == "asha" else FIFOScheduler())
     # No metric on the TuneConfig: final runs score test, not val200, and the searcher and ASHA know theirs.
     config = tune.TuneConfig(search_alg=ConcurrencyLimiter(SweepSearcher(plan), limit),
                              scheduler=scheduler, num_samples=plan.total_trials, reuse_actors=True,
                              trial_dirname_creator=trial_dirname,
                              trial_name_creator=lambda t: TrialSpec.from_config(t.config).dirname)
-    run = tune.RunConfig(name=plan.name, storage_path=str(storage(workdir)), verbose=0, callbacks=[Events()],
+    run = tune.RunConfig(name=plan.name, storage_path=str(storage(workdir)), verbose=0,
+                         callbacks=[Events(), JsonLoggerCallback()],
                          failure_config=tune.FailureConfig(max_failures=2),
                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     return tune.Tuner(trainable, tune_config=config, run_config=run)
+
+
+def trial_body(policy: Policy) -> Any:
+    """The trainable: :func:`alorectl.sweep.trial.run_trial`, or, for ``alorectl bench scale`` only (the
+    internal ``ALORE_SIMULATE`` setting), the simulated body of :mod:`alorectl.bench.simulated`."""
+    from alorectl.bench import simulated
+
+    table = simulated.table()
+    if table is not None:
+        return tune.with_parameters(simulated.run_simulated, cadence=policy, sim=table)
+    from .trial import run_trial
+
+    return tune.with_parameters(run_trial, cadence=policy)
 
 
 def fit(t: tune.Tuner, receiver: Any) -> None:
@@ -265,7 +286,7 @@ def history(folder: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue  # a line cut short by a kill
             if "epoch" in row:
-                rows[int(row["epoch"])] = row
+                rows.update((int(r["epoch"]), r) for r in expand(row))  # a report stands for its epochs
     return [rows[e] for e in sorted(rows)]
 
 

@@ -1,4 +1,5 @@
-"""What a Ray Tune trial runs: :func:`alore.train.fit`, reporting every epoch with a checkpoint.
+"""What a Ray Tune trial runs: :func:`alore.train.fit`, reporting with a checkpoint at a bounded rate
+(:mod:`alorectl.sweep.cadence`: ASHA's rungs, every few seconds, and the end).
 
 A trial gets everything in its config (never the CLI's state, never the
 database). It resumes from ``tune.get_checkpoint()`` after a failure, and leaves
@@ -19,6 +20,7 @@ from alore.api import count_trainable
 from alore.artifacts import write_run_files
 from alore.train import Callbacks, TrainConfig, fit
 
+from .cadence import Cadence, Policy
 from .plan import TrialSpec
 
 
@@ -28,8 +30,9 @@ def train_config(config: dict[str, Any]) -> TrainConfig:
 
 
 class TuneReporter(Callbacks):
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, cadence: Policy | None = None) -> None:
         self.config = config
+        self.cadence = Cadence(config.epochs, cadence)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.model = self.data = None
 
@@ -45,15 +48,17 @@ class TuneReporter(Callbacks):
             summary = {**report, "task": self.config.task, "num_classes": self.data.num_classes,
                        "protocol": "final", "seed": self.config.seed}
             write_run_files(checkpoint_dir, summary, self.model, self.data)
-        tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        due = self.cadence.add(report)
+        if due is not None:  # fit() keeps the newest epoch's checkpoint in checkpoint_dir between reports
+            tune.report(due, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """The Tune trainable (function API)."""
+def run_trial(config: dict[str, Any], cadence: Policy | None = None) -> None:
+    """The Tune trainable (function API); ``cadence`` (bound by ``tune.with_parameters``): when to report."""
     cfg = train_config(config)
     with tempfile.TemporaryDirectory(prefix="alore-trial-") as work:
         resume = None
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:  # a retried trial continues from its last epoch
             resume = checkpoint.to_directory(str(Path(work) / "resume"))
-        fit(cfg, TuneReporter(cfg), checkpoint_dir=Path(work) / "ckpt", resume_from=resume)
+        fit(cfg, TuneReporter(cfg, cadence), checkpoint_dir=Path(work) / "ckpt", resume_from=resume)

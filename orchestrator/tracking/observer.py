@@ -44,8 +44,12 @@ def experiment_name(sweep: str) -> str:
     return f"alore/{sweep}"
 
 
-def leaderboard_name(backbone: str) -> str:
-    return f"alore/leaderboard/{backbone}"
+def leaderboard_name(backbone: str, simulated: bool = False) -> str:
+    """The MLflow leaderboard of real results; simulated sweeps (alorectl bench scale) have their own."""
+    return f"alore/simulated/leaderboard/{backbone}" if simulated else f"alore/leaderboard/{backbone}"
+
+
+SIMULATED_TAG = "alore.simulated"  # on every run of a simulated sweep (alorectl bench scale)
 
 
 def _ms(t: datetime | None) -> int | None:
@@ -90,8 +94,10 @@ class Background:
 
 
 class Track:
-    def __init__(self, tracker: Tracker, plan: SweepPlan, warn: Callable[[str], None]) -> None:
-        self.tracker, self.plan, self.warn = tracker, plan, warn
+    def __init__(self, tracker: Tracker, plan: SweepPlan, warn: Callable[[str], None],
+                 simulated: bool = False) -> None:
+        self.tracker, self.plan, self.warn, self.simulated = tracker, plan, warn, simulated
+        self.marks = {SIMULATED_TAG: "1"} if simulated else {}
         self.several_backbones = len({cp.cell.backbone for cp in plan.cells}) > 1
         self.down_until = 0.0
         self._experiment: str | None = None
@@ -128,7 +134,8 @@ class Track:
     def experiment(self) -> str:
         if self._experiment is None:
             self._experiment = self.tracker.experiment(experiment_name(self.plan.name))
-            self.tracker.describe(self._experiment, (
+            self.tracker.describe(self._experiment, ("SIMULATED (alorectl bench scale): synthetic accuracies, "
+                                                     "stand-in weights. " if self.simulated else "") + (
                 f"Sweep {self.plan.name}: a run per cell (method · task), its search and final trials nested "
                 f"under it. Same numbers on the command line: alorectl sweep status {self.plan.name}"),
                 metrics=["val_acc", "test_acc", "params_m"], params=["lr", "weight_decay", "dropout", "seed"])
@@ -138,7 +145,8 @@ class Track:
     def parent(self, cell: Cell, start_time: int | None = None) -> str:
         if cell not in self._parents:
             name = cell.label + (f" · {cell.backbone}" if self.several_backbones else "")
-            tags = {"backbone": cell.backbone, "task": cell.task, "method": cell.method, "sweep": self.plan.name}
+            tags = {"backbone": cell.backbone, "task": cell.task, "method": cell.method, "sweep": self.plan.name,
+                    **self.marks}
             self._parents[cell] = self.tracker.find_or_create_run(self.experiment(), f"{self.plan.name}/{cell.key}",
                                                                   name, tags, start_time=start_time)
         return self._parents[cell]
@@ -147,7 +155,7 @@ class Track:
         spec = outcome.spec
         parent = self.parent(spec.cell, _ms(outcome.started_at))
         tags = {"backbone": spec.cell.backbone, "task": spec.cell.task, "method": spec.cell.method,
-                "sweep": self.plan.name, "protocol": spec.phase}
+                "sweep": self.plan.name, "protocol": spec.phase, **self.marks}
         key = f"{spec.cell.key}/{spec.key}"
         run = self.tracker.fresh_run(self.experiment(), key, spec.run_name, tags, parent=parent,
                                      start_time=_ms(outcome.started_at))
@@ -183,24 +191,27 @@ class Track:
         """One run per method, updated in place as results arrive: the runs table is the paper's table 2."""
         from alorectl.results.leaderboard import build
 
-        board = build(engine, backbone, suite)
-        experiment = self.tracker.experiment(leaderboard_name(backbone))
+        board = build(engine, backbone, suite, self.simulated)
+        name = leaderboard_name(backbone, self.simulated)
+        experiment = self.tracker.experiment(name)
         records = db.to_records(board)
         columns = list(dict.fromkeys(t for rec in records for t in rec["tasks"]))
         groups = list(dict.fromkeys(f"mean_{g.lower()}" for rec in records for g in rec["group_means"]))
-        self.tracker.describe(experiment, (
+        self.tracker.describe(experiment, ("SIMULATED (alorectl bench scale): synthetic accuracies of simulated "
+                                           "trials, never real results. " if self.simulated else "") + (
             f"{backbone}: the paper's table 2. One run per method: top-1 test accuracy (%) per task, the group "
             f"means, all_mean and params_m; ranked by all_mean. Same table on the command line: "
-            f"alorectl leaderboard --backbone {backbone} --suite {suite}"),
+            f"alorectl leaderboard --backbone {backbone} --suite {suite}" + (" --simulated" if self.simulated else "")),
             metrics=[*columns, *groups, "params_m"], order_by="all_mean")
-        self.links[leaderboard_name(backbone)] = experiment
+        self.links[name] = experiment
         with tempfile.TemporaryDirectory(prefix="alore-board-") as tmp:
             (Path(tmp) / f"{backbone}.md").write_text(db.to_markdown(board) + "\n")
             (Path(tmp) / f"{backbone}.csv").write_text(db.to_csv(board))
             for rec in records:
                 method = rec["method"]
                 run = self.tracker.find_or_create_run(experiment, f"{backbone}/{method}", method,
-                                                      {"backbone": backbone, "method": method, "suite": suite})
+                                                      {"backbone": backbone, "method": method, "suite": suite,
+                                                       **self.marks})
                 metrics = {task: acc for task, acc in rec["tasks"].items() if acc is not None}
                 metrics.update({f"mean_{g.lower()}": v for g, v in rec["group_means"].items() if v is not None})
                 for key in ("all_mean", "group_mean", "params_m"):
