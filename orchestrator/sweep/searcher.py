@@ -15,7 +15,12 @@ TPE on a small categorical grid re-suggests points already tried. Here a
 repeated point is told to Optuna as failed and replaced by an untried one, so
 no trial repeats a configuration of its cell. When the budget covers the grid,
 the cell's search is the exhaustive grid. The state saved for restore is JSON
-(the suggestions and their values); the studies are rebuilt from it.
+(the suggestions, their values and per-epoch val200 curves); the studies are rebuilt from it.
+
+Optuna learns each search trial in the state it really ended in: a trial that ran
+every epoch is COMPLETE, one that ASHA stopped early is PRUNED with its per-epoch
+val200 reported (``trial.report``; TPE ranks pruned trials by their last step,
+below the complete ones), one that errored is FAIL.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from ray.tune.search import Searcher
 from .plan import FINAL, SEARCH, CellPlan, SweepPlan, TrialSpec
 
 METRIC, MODE = "val_acc", "max"
+INDEX = "search_index"  # a study trial's user attribute: which search trial of its cell it is
 
 
 def _point(space: dict[str, list], params: dict[str, Any]) -> tuple:
@@ -73,6 +79,14 @@ class SweepSearcher(Searcher):
             return Searcher.FINISHED
         return None  # searches still running: ask again later
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """A search trial's val200 per epoch, kept for Optuna's intermediate values (a dict update: cheap)."""
+        where = self.state["trials"].get(trial_id)
+        if where is None or where[1] != SEARCH or result.get(METRIC) is None or "epoch" not in result:
+            return
+        entry = self.state["cells"][where[0]]["search"][where[2]]
+        entry.setdefault("curve", {})[str(int(result["epoch"]))] = float(result[METRIC])
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         where = self.state["trials"].get(trial_id)
         if where is None:
@@ -83,9 +97,14 @@ class SweepSearcher(Searcher):
         value = (result or {}).get(METRIC)
         entry["status"] = "failed" if error or (phase == SEARCH and value is None) else "done"
         if phase == SEARCH:
+            cp = self.plan.cell(_cell_of(self.plan, key))
             entry["value"] = None if error else value
             entry["epochs"] = int((result or {}).get("epoch", 0))
-            self._tell(self.plan.cell(_cell_of(self.plan, key)), index, entry)
+            if entry["status"] == "done" and entry["epochs"] < cp.run.epochs:
+                entry["status"] = "pruned"  # stopped early by the scheduler (ASHA)
+            if entry["status"] != "failed":
+                entry.setdefault("curve", {})[str(entry["epochs"])] = float(value)
+            self._tell(cp, index, entry)
         elif error:
             st["failed"] = st["failed"] or f"final run {entry['seed']} failed"
 
@@ -102,6 +121,10 @@ class SweepSearcher(Searcher):
 
     def chosen(self, cp: CellPlan) -> dict[str, Any] | None:
         return self._cell(cp)["chosen"]
+
+    def study(self, cp: CellPlan) -> optuna.Study:
+        """The cell's study as Optuna's sampler sees it: each search trial in the state it ended in."""
+        return self._study(cp)
 
     # ---- internals ---------------------------------------------------------------------------------
 
@@ -123,7 +146,8 @@ class SweepSearcher(Searcher):
         if st["failed"] or len(st["search"]) < cp.n_search or any(e["status"] == "running" for e in st["search"]):
             return None
         if st["chosen"] is None:
-            scored = [(i, e) for i, e in enumerate(st["search"]) if e["status"] == "done" and e["value"] is not None]
+            scored = [(i, e) for i, e in enumerate(st["search"])
+                      if e["status"] in ("done", "pruned") and e["value"] is not None]
             if not scored:
                 st["failed"] = "every search trial failed"
                 return None
@@ -154,10 +178,9 @@ class SweepSearcher(Searcher):
             sampler = optuna.samplers.TPESampler(seed=zlib.crc32(key.encode()))
             study = optuna.create_study(direction="maximize", sampler=sampler)
             # Rebuilt after a restore: every finished search trial, as Optuna would have seen it.
-            for e in self._cell(cp)["search"]:
-                if e["status"] == "done" and e["value"] is not None:
-                    study.add_trial(optuna.trial.create_trial(params=e["params"], distributions=_dists(cp),
-                                                              value=e["value"]))
+            for i, e in enumerate(self._cell(cp)["search"]):
+                if e["status"] != "running":
+                    study.add_trial(frozen(cp, i, e))
             self._studies[key] = study
         return self._studies[key]
 
@@ -172,7 +195,8 @@ class SweepSearcher(Searcher):
                        if _point(cp.space, dict(zip(cp.space, v))) not in tried]
             study.enqueue_trial(random.Random(zlib.crc32(f"{cp.cell.key}/{index}".encode())).choice(untried))
             trial = study.ask(_dists(cp))
-        self._asked[(cp.cell.key, index)] = trial.number
+        trial.set_user_attr(INDEX, index)
+        self._asked[(cp.cell.key, index)] = trial
         return dict(trial.params)
 
     def _tell(self, cp: CellPlan, index: int, entry: dict[str, Any]) -> None:
@@ -180,16 +204,35 @@ class SweepSearcher(Searcher):
             return
         rebuilt = cp.cell.key not in self._studies  # then the study was built with this entry already in it
         study = self._study(cp)
-        number = self._asked.pop((cp.cell.key, index), None)
-        if number is None:
+        trial = self._asked.pop((cp.cell.key, index), None)
+        if trial is None:
             # Suggested before a restore: the rebuilt study learns it now.
-            if entry["status"] == "done" and not rebuilt:
-                study.add_trial(optuna.trial.create_trial(params=entry["params"], distributions=_dists(cp),
-                                                          value=entry["value"]))
-        elif entry["status"] == "done":
-            study.tell(number, entry["value"])
+            if not rebuilt:
+                study.add_trial(frozen(cp, index, entry))
+            return
+        for step, value in _curve(entry):
+            trial.report(value, step)
+        if entry["status"] == "done":
+            study.tell(trial, entry["value"])
         else:
-            study.tell(number, state=optuna.trial.TrialState.FAIL)
+            study.tell(trial, state=STATES[entry["status"]])
+
+
+STATES = {"done": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
+          "failed": optuna.trial.TrialState.FAIL}
+
+
+def _curve(entry: dict[str, Any]) -> list[tuple[int, float]]:
+    return sorted((int(step), value) for step, value in (entry.get("curve") or {}).items())
+
+
+def frozen(cp: CellPlan, index: int, entry: dict[str, Any]) -> optuna.trial.FrozenTrial:
+    """Search trial ``index`` as Optuna sees it once it ended: its state, value (COMPLETE only), per-epoch val200."""
+    state = STATES[entry["status"]]
+    return optuna.trial.create_trial(
+        state=state, params=entry["params"], distributions=_dists(cp),
+        value=entry["value"] if state == optuna.trial.TrialState.COMPLETE else None,
+        intermediate_values=dict(_curve(entry)), user_attrs={INDEX: index, "epochs": entry.get("epochs", 0)})
 
 
 def _dists(cp: CellPlan) -> dict[str, optuna.distributions.BaseDistribution]:
