@@ -4,6 +4,7 @@ their per-epoch val200, errors are FAIL), and the studies kept in Optuna's own s
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import optuna
 import pytest
@@ -11,6 +12,7 @@ from ray.tune.search import Searcher
 
 from alorectl.sweep import plan as planning
 from alorectl.sweep import preset as presets
+from alorectl.sweep import studies
 from alorectl.sweep.searcher import SweepSearcher
 
 TrialState = optuna.trial.TrialState
@@ -59,3 +61,102 @@ def test_asha_stop_is_pruned_with_its_curve_and_an_error_is_failed() -> None:
     assert TrialState.FAIL in by_state and by_state[TrialState.FAIL].intermediate_values == {1: 20.0}
     assert sorted(t.state for t in trials.values()) == sorted([TrialState.COMPLETE, TrialState.PRUNED,
                                                                 TrialState.FAIL])
+
+
+# ---- the studies in Optuna's own storage (a journal file in the work folder) ---------------------------------
+
+def drain(searcher: SweepSearcher, start: int = 0, value=lambda spec: 50.0 + spec.index):
+    """Suggest until the searcher waits or finishes, finishing every trial at once (2 epochs reported)."""
+    issued, n = [], start
+    while True:
+        config = searcher.suggest(f"t{n}")
+        if config is None or config == Searcher.FINISHED:
+            return issued, config
+        spec = planning.TrialSpec.from_config(config)
+        issued.append(spec)
+        epochs = spec.run.epochs
+        run_epochs(searcher, f"t{n}", [value(spec) - 1.0] * (epochs - 1))
+        searcher.on_trial_complete(f"t{n}", {"val_acc": value(spec), "epoch": epochs, "test_acc": 60.0})
+        n += 1
+
+
+def stored(workdir, sweep: str, cell: planning.Cell) -> optuna.Study:
+    """The study as any Optuna tool sees it: a fresh storage on the journal file."""
+    storage = studies.open_journal(workdir, create=False)
+    return studies.load(storage, sweep, cell.backbone, cell.task, cell.method)
+
+
+@pytest.fixture
+def journal(tmp_path):
+    """The journal the driver opens for a sweep named ``t``; closed again after the test."""
+    yield tmp_path
+    studies.use("t", None)
+
+
+def test_each_cell_has_a_named_study_with_its_plan_and_its_trials(journal) -> None:
+    plan = make_plan(methods=["alore", "ssf"], tasks=["digits"], trials=4, seeds=[1])
+    studies.use("t", studies.open_journal(journal))
+    issued, end = drain(SweepSearcher(plan))
+    assert end == Searcher.FINISHED
+    storage = studies.open_journal(journal, create=False)
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    assert names == ["t/demo/digits/alore", "t/demo/digits/ssf"]
+    for cp in plan.cells:
+        study = stored(journal, "t", cp.cell)
+        attrs = study.user_attrs
+        assert attrs["grid"] == cp.space and attrs["budget"] == cp.n_search == 4
+        assert attrs["exhaustive"] == cp.exhaustive and attrs["grid_size"] == cp.grid_size
+        searched = {s.index: s.params for s in issued if s.cell == cp.cell and s.phase == planning.SEARCH}
+        trials = study.get_trials()
+        assert [t.user_attrs["search_index"] for t in trials] == [0, 1, 2, 3], "one trial per search trial"
+        assert all(t.state == TrialState.COMPLETE for t in trials)
+        assert {t.user_attrs["search_index"]: t.params for t in trials} == searched
+        assert trials[2].value == 52.0 and trials[2].intermediate_values[1] == 51.0
+    assert oct(studies.journal_path(journal).stat().st_mode & 0o777) == "0o600"
+
+
+def test_restored_searcher_mirrors_its_json_and_keeps_the_budget_exact(journal) -> None:
+    """A driver kill after Tune's last checkpoint of the searcher: the journal is ahead of the JSON (two more
+    trials ended), and Tune runs those trials again. The restored study is the JSON's, then grows to the budget."""
+    import pickle
+
+    plan = make_plan(methods=["alore"], tasks=["digits"], trials=8, seeds=[1])
+    cp = plan.cells[0]
+    studies.use("t", studies.open_journal(journal))
+    s = SweepSearcher(plan)
+    first = issue(s, 5)
+    for tid, spec in first[:3]:
+        s.on_trial_complete(tid, {"val_acc": 50.0 + spec.index, "epoch": spec.run.epochs})
+    s.save(str(journal / "searcher.json"))            # Tune's last checkpoint of the searcher
+    for tid, spec in first[3:]:                        # these end after it, then the driver dies
+        s.on_trial_complete(tid, {"val_acc": 10.0, "epoch": spec.run.epochs})
+    assert len(stored(journal, "t", cp.cell).get_trials()) == 5
+
+    studies.use("t", studies.open_journal(journal))   # a new driver opens the journal again
+    restored = pickle.loads(pickle.dumps(s))
+    restored.restore(str(journal / "searcher.json"))
+    assert [t.user_attrs["search_index"] for t in restored.study(cp).get_trials()] == [0, 1, 2], \
+        "the study is what the JSON holds, not what ran after Tune's checkpoint"
+    for tid, spec in first[3:]:                        # Tune reruns the two trials in flight at its checkpoint
+        restored.on_trial_complete(tid, {"val_acc": 70.0 + spec.index, "epoch": spec.run.epochs})
+    rest, end = drain(restored, start=100)
+    assert end == Searcher.FINISHED
+    trials = stored(journal, "t", cp.cell).get_trials()
+    assert sorted(t.user_attrs["search_index"] for t in trials) == list(range(8)), "the budget, exactly"
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 8, "no repeated configuration"
+    assert [t.value for t in trials if t.user_attrs["search_index"] in (3, 4)] == [73.0, 74.0]
+
+
+def test_a_journal_line_cut_by_a_kill_is_dropped_not_fatal(journal) -> None:
+    plan = make_plan(methods=["ssf"], tasks=["digits"], trials=2, seeds=[1])
+    studies.use("t", studies.open_journal(journal))
+    drain(SweepSearcher(plan))
+    path = studies.journal_path(journal)
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"op_code":5,"worker_id":"x","study_id":0,"datetime_st')  # killed mid-write
+    study = stored(journal, "t", plan.cells[0].cell)
+    assert len(study.get_trials()) == 2 and path.read_bytes() == whole
+
+
+def test_the_dashboard_command_names_the_journal(tmp_path) -> None:
+    assert studies.dashboard_command(tmp_path) == f"optuna-dashboard {tmp_path.resolve() / 'optuna.journal'}"

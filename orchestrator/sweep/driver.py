@@ -30,6 +30,7 @@ from alorectl.db.urls import mask_text, mask_url
 from alorectl import defaults, security
 from . import experiment as run
 from . import plan as planning
+from . import studies
 from .preset import Preset
 from .record import CellResult, Recorder, TrialOutcome
 from alorectl.tracking.observer import Background, Track
@@ -310,7 +311,11 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
                               gpus_per_trial=preset.gpus_per_trial, epochs=preset.epochs,
                               max_concurrent=settings.max_concurrent, restore=resume or recorded)
             hooks.on_step(f"running {plan.total_trials} trials of {len(plan.cells)} cells")
-            run.fit(tuner, driver)
+            studies.use(plan.name, studies.open_journal(settings.workdir))  # the searcher's Optuna storage
+            try:
+                run.fit(tuner, driver)
+            finally:
+                studies.use(plan.name, None)
         driver.later.drain()
         driver.catch_up()  # what MLflow could not take during the run, if it is back
         driver.dirty |= {cp.cell.backbone for cp in plan.cells}

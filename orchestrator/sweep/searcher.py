@@ -16,6 +16,8 @@ repeated point is told to Optuna as failed and replaced by an untried one, so
 no trial repeats a configuration of its cell. When the budget covers the grid,
 the cell's search is the exhaustive grid. The state saved for restore is JSON
 (the suggestions, their values and per-epoch val200 curves); the studies are rebuilt from it.
+Each cell's study is also kept in Optuna's own storage, a mirror of that JSON
+(:mod:`alorectl.sweep.studies`: where, why, and how it stays whole across kills).
 
 Optuna learns each search trial in the state it really ended in: a trial that ran
 every epoch is COMPLETE, one that ASHA stopped early is PRUNED with its per-epoch
@@ -34,10 +36,13 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
+from . import studies
 from .plan import FINAL, SEARCH, CellPlan, SweepPlan, TrialSpec
+from .studies import INDEX, STATES, frozen
+from .studies import curve as _curve
+from .studies import dists as _dists
 
 METRIC, MODE = "val_acc", "max"
-INDEX = "search_index"  # a study trial's user attribute: which search trial of its cell it is
 
 
 def _point(space: dict[str, list], params: dict[str, Any]) -> tuple:
@@ -53,12 +58,14 @@ class SweepSearcher(Searcher):
                                                               "failed": None} for cp in plan.cells},
                                       "trials": {}}
         self._studies: dict[str, optuna.Study] = {}
-        self._asked: dict[tuple[str, int], int] = {}   # (cell key, search index) -> Optuna trial number
+        self._asked: dict[tuple[str, int], optuna.Trial] = {}   # (cell key, search index) -> its asked trial
+        self._stored: studies.Studies | None = None  # the studies in Optuna's storage (mirrors of ``state``)
+        self._synced: set[str] = set()               # cells whose stored study was checked against ``state``
 
     # Live Optuna objects never go into Tune's pickles; they are rebuilt from ``state``.
     def __getstate__(self) -> dict[str, Any]:
         data = dict(self.__dict__)
-        data["_studies"], data["_asked"] = {}, {}
+        data["_studies"], data["_asked"], data["_stored"], data["_synced"] = {}, {}, None, set()
         return data
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
@@ -105,6 +112,8 @@ class SweepSearcher(Searcher):
             if entry["status"] != "failed":
                 entry.setdefault("curve", {})[str(entry["epochs"])] = float(value)
             self._tell(cp, index, entry)
+            if not self._sync(cp):  # (a first sync has just mirrored this entry too)
+                self._store().record(cp, index, entry)
         elif error:
             st["failed"] = st["failed"] or f"final run {entry['seed']} failed"
 
@@ -115,7 +124,7 @@ class SweepSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
             self.state = json.load(f)
-        self._studies, self._asked = {}, {}
+        self._studies, self._asked, self._synced = {}, {}, set()
 
     # ---- what the driver may ask ------------------------------------------------------------------
 
@@ -123,8 +132,9 @@ class SweepSearcher(Searcher):
         return self._cell(cp)["chosen"]
 
     def study(self, cp: CellPlan) -> optuna.Study:
-        """The cell's study as Optuna's sampler sees it: each search trial in the state it ended in."""
-        return self._study(cp)
+        """The cell's study in Optuna's storage: each search trial in the state it ended in."""
+        self._sync(cp)
+        return self._store().study(cp)
 
     # ---- internals ---------------------------------------------------------------------------------
 
@@ -134,6 +144,7 @@ class SweepSearcher(Searcher):
     def _issue(self, trial_id: str, spec: TrialSpec) -> dict[str, Any]:
         st = self._cell(self.plan.cell(spec.cell))
         if spec.phase == SEARCH:
+            self._sync(self.plan.cell(spec.cell))
             st["search"].append({"params": spec.params, "status": "running", "value": None, "epochs": 0})
             self.state["trials"][trial_id] = [spec.cell.key, SEARCH, spec.index]
         else:
@@ -170,6 +181,19 @@ class SweepSearcher(Searcher):
         else:
             params = self._ask(cp, index)
         return TrialSpec(cp.cell, SEARCH, index, cp.seeds[0], params, cp.run)
+
+    def _store(self) -> studies.Studies:
+        if self._stored is None:
+            self._stored = studies.for_plan(self.plan)
+        return self._stored
+
+    def _sync(self, cp: CellPlan) -> bool:
+        """On a cell's first use by this searcher (new, or restored): its stored study mirrors ``state``."""
+        if cp.cell.key in self._synced:
+            return False
+        self._synced.add(cp.cell.key)
+        self._store().mirror(cp, self._cell(cp)["search"])
+        return True
 
     def _study(self, cp: CellPlan) -> optuna.Study:
         key = cp.cell.key
@@ -216,27 +240,6 @@ class SweepSearcher(Searcher):
             study.tell(trial, entry["value"])
         else:
             study.tell(trial, state=STATES[entry["status"]])
-
-
-STATES = {"done": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
-          "failed": optuna.trial.TrialState.FAIL}
-
-
-def _curve(entry: dict[str, Any]) -> list[tuple[int, float]]:
-    return sorted((int(step), value) for step, value in (entry.get("curve") or {}).items())
-
-
-def frozen(cp: CellPlan, index: int, entry: dict[str, Any]) -> optuna.trial.FrozenTrial:
-    """Search trial ``index`` as Optuna sees it once it ended: its state, value (COMPLETE only), per-epoch val200."""
-    state = STATES[entry["status"]]
-    return optuna.trial.create_trial(
-        state=state, params=entry["params"], distributions=_dists(cp),
-        value=entry["value"] if state == optuna.trial.TrialState.COMPLETE else None,
-        intermediate_values=dict(_curve(entry)), user_attrs={INDEX: index, "epochs": entry.get("epochs", 0)})
-
-
-def _dists(cp: CellPlan) -> dict[str, optuna.distributions.BaseDistribution]:
-    return {k: optuna.distributions.CategoricalDistribution(v) for k, v in cp.space.items()}
 
 
 def _cell_of(plan: SweepPlan, key: str) -> Any:
