@@ -236,6 +236,8 @@ ROWS = [
         ("unknown result 'demo/cifar/alore'", "demo/digits/alore"), setup=recorded),
     Row("export-out-not-empty", [*EXPORT, "--task", "digits"], ("--out {out} is not empty", "--force"),
         setup=recorded_and_out_taken),
+    Row("export-register-without-merged-weights", [*EXPORT, "--task", "digits", "--register"],
+        "--register: the merged weights of demo/digits/alore are missing", setup=recorded),
     Row("sweep-status-unknown", ["sweep", "status", "nope", "--workdir", "{tmp}"],
         "unknown sweep 'nope'; valid choices: handmade", setup=recorded),
     Row("sweep-resume-unknown", ["sweep", "resume", "nope", "--workdir", "{tmp}"],

@@ -320,6 +320,7 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
         driver.catch_up()  # what MLflow could not take during the run, if it is back
         driver.dirty |= {cp.cell.backbone for cp in plan.cells}
         driver.publish()
+        track.register_best(engine)
     except BaseException:
         db.set_sweep_status(engine, sweep_id, "interrupted")
         raise

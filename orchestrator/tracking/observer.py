@@ -119,6 +119,11 @@ class Track:
         """Complete the cell's run (result, chosen config, final files); its run id, or None if left pending."""
         return self._guard(result.cell.key, lambda: self._cell(result))
 
+    def register_best(self, engine: Any) -> list[Any] | None:
+        """The sweep's best method per (backbone, task) by val200 in MLflow's registry (alias ``best``)."""
+        rows = [{**r, "sweep": self.plan.name} for r in db.results_of(engine, self.plan.name)]
+        return self._guard("the model registry", lambda: self.tracker.register_best(rows))
+
     def leaderboard(self, engine: Any, backbone: str, suite: str) -> bool:
         done = self._guard(f"the {backbone} leaderboard", lambda: self._leaderboard(engine, backbone, suite))
         return done is not None
@@ -176,6 +181,9 @@ class Track:
                                   "params_m": r.trainable_params / 1e6})
         if r.artifact_dir is not None and Path(r.artifact_dir).is_dir():
             self.tracker.artifacts(parent, Path(r.artifact_dir), "final")
+            self.tracker.model(parent, r.cell.backbone, r.suite, Path(r.artifact_dir),
+                               {**r.cell.as_dict(), "sweep": self.plan.name, "val_acc": r.val_acc,
+                                "test_acc": r.test_acc_mean, "suite": r.suite})
         self.tracker.complete(parent)
         return parent
 
