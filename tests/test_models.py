@@ -125,3 +125,28 @@ def test_export_register_registers_the_exported_best_once(served, tmp_path) -> N
     after = client.search_model_versions("name = 'alore-demo-digits'")
     assert len(after) == len(before) == 1, "the sweep registered it already: no second version"
 
+
+# ---- pictures of each cell's search ------------------------------------------------------------------------
+
+def test_cells_with_three_complete_search_trials_have_pictures_of_their_search(served) -> None:
+    work, url = served
+    rows = results(work)
+    client = MlflowClient(url)
+    for method in ("alore", "lora"):  # 3 search trials each
+        logged = {f.path for f in client.list_artifacts(rows[method]["mlflow_run_id"], "search")}
+        assert logged == {"search/param_importances.png", "search/parallel_coordinate.png"}, method
+    assert not client.list_artifacts(rows["vpt"]["mlflow_run_id"], "search"), "VPT's grid is 2 trials: no pictures"
+
+
+def test_analyze_search_draws_the_same_pictures_to_files(served, tmp_path) -> None:
+    work, _ = served
+    out = tmp_path / "pics"
+    done = runner.invoke(app, ["analyze", "search", "--backbone", "demo", "--task", "digits", "--method", "lora",
+                               "--workdir", str(work), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in out.iterdir()) == ["parallel_coordinate.png", "param_importances.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out.iterdir())
+    few = runner.invoke(app, ["analyze", "search", "--backbone", "demo", "--task", "digits", "--method", "vpt",
+                              "--workdir", str(work), "--out", str(tmp_path / "none")])
+    assert few.exit_code == 2 and "has 2 complete trial(s); its pictures need at least 3" in few.stderr
+    assert not (tmp_path / "none").exists()

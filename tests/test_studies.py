@@ -154,9 +154,45 @@ def test_a_journal_line_cut_by_a_kill_is_dropped_not_fatal(journal) -> None:
     path = studies.journal_path(journal)
     whole = path.read_bytes()
     path.write_bytes(whole + b'{"op_code":5,"worker_id":"x","study_id":0,"datetime_st')  # killed mid-write
-    study = stored(journal, "t", plan.cells[0].cell)
-    assert len(study.get_trials()) == 2 and path.read_bytes() == whole
+    assert len(stored(journal, "t", plan.cells[0].cell).get_trials()) == 2, "a reader skips the unfinished line"
+    assert path.read_bytes() != whole, "and leaves it: the writer may be writing it now"
+    studies.use("t", studies.open_journal(journal))   # the next driver, the one writer, drops it
+    assert path.read_bytes() == whole
+    s = SweepSearcher(make_plan(name="t", methods=["lora"], tasks=["digits"], trials=2, seeds=[1]))
+    drain(s)                                          # and writes after it: the journal stays readable
+    assert len(stored(journal, "t", plan.cells[0].cell).get_trials()) == 2
+    assert len(stored(journal, "t", s.plan.cells[0].cell).get_trials()) == 2
 
 
 def test_the_dashboard_command_names_the_journal(tmp_path) -> None:
     assert studies.dashboard_command(tmp_path) == f"optuna-dashboard {tmp_path.resolve() / 'optuna.journal'}"
+
+
+# ---- pictures of a cell's search (the sweep logs them to MLflow: tests/test_models.py) ----------------------
+
+def test_analyze_search_draws_a_cells_study_once_it_has_three_complete_trials(journal) -> None:
+    from typer.testing import CliRunner
+
+    from alorectl.cli import app
+
+    plan = make_plan(methods=["alore", "ssf"], tasks=["digits"], trials=3, seeds=[1])
+    studies.use("t", studies.open_journal(journal))
+    s = SweepSearcher(plan)
+    issued = issue(s, 6)
+    for tid, spec in issued:
+        if spec.cell.method == "alore" or spec.index < 2:  # ssf: two complete, one pruned
+            s.on_trial_complete(tid, {"val_acc": 50.0 + spec.index, "epoch": spec.run.epochs})
+        else:
+            s.on_trial_complete(tid, {"val_acc": 10.0, "epoch": 1})
+    runner = CliRunner()
+    args = ["analyze", "search", "--backbone", "demo", "--task", "digits", "--workdir", str(journal)]
+    done = runner.invoke(app, [*args, "--method", "alore", "--out", str(journal / "pics")])
+    assert done.exit_code == 0, done.output
+    files = sorted((journal / "pics").iterdir())
+    assert [f.name for f in files] == ["parallel_coordinate.png", "param_importances.png"]
+    assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in files)
+    few = runner.invoke(app, [*args, "--method", "ssf", "--out", str(journal / "none")])
+    assert few.exit_code == 2 and "has 2 complete trial(s); its pictures need at least 3" in few.stderr
+    unknown = runner.invoke(app, [*args, "--method", "lora"])
+    assert unknown.exit_code == 2 and "valid choices: demo/digits/alore, demo/digits/ssf" in unknown.stderr
+    assert not (journal / "none").exists() and not (journal / "analysis").exists()

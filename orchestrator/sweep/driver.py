@@ -301,7 +301,8 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
     slots = min(slots, settings.max_concurrent) if settings.max_concurrent else slots
     db.upsert_sweep(engine, settings.name, config={**sweep_config, "slots": slots, "total_trials": plan.total_trials})
     recorder = Recorder(engine, sweep_id, plan)
-    track = Track(Tracker(settings.tracking_uri, settings.workdir / "mlartifacts"), plan, hooks.on_warning)
+    track = Track(Tracker(settings.tracking_uri, settings.workdir / "mlartifacts"), plan, hooks.on_warning,
+                  workdir=settings.workdir)
     driver = Driver(plan, settings, recorder, track, engine, hooks)
     try:
         hooks.on_step("logging to MLflow what a previous run left unlogged")

@@ -70,14 +70,19 @@ def study_name(sweep: str, backbone: str, task: str, method: str) -> str:
 
 
 def open_journal(workdir: Path, create: bool = True) -> JournalStorage | None:
-    """The work folder's journal storage (created owner-only), or None when it does not exist and ``create`` is
-    off. A last line cut short by a kill is dropped first: Optuna refuses a journal with a broken line."""
+    """The work folder's journal storage.
+
+    ``create``: the driver, the journal's one writer, opening it for a sweep: the file is created owner-only if
+    missing, and a last line cut short by a kill is dropped (Optuna would refuse the line written after it).
+    Readers (``create=False``) get None when there is no journal and leave the file as it is (Optuna's reader
+    skips an unfinished last line, which may be a line the driver is writing right now)."""
     path = journal_path(workdir)
-    if not path.exists():
-        if not create:
-            return None
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-    _drop_cut_line(path)
+    if not create and not path.is_file():
+        return None
+    if create:
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        _drop_cut_line(path)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return JournalStorage(JournalFileBackend(str(path)))
 
