@@ -116,6 +116,15 @@ def recorded(tmp: Path) -> None:
         engine.dispose()
 
 
+def studies_of_other(tmp: Path) -> None:
+    """A work folder whose Optuna journal holds the studies of a sweep 'other' only."""
+    import optuna
+
+    from alorectl.sweep.studies import open_journal
+
+    optuna.create_study(study_name="other/demo/digits/alore", storage=open_journal(tmp), direction="maximize")
+
+
 def recorded_and_out_taken(tmp: Path) -> None:
     recorded(tmp)
     (tmp / "out").mkdir()
@@ -242,6 +251,12 @@ ROWS = [
                                       "alore", "--workdir", "{tmp}"], ("no Optuna studies in {tmp}", "run a sweep")),
     Row("analyze-search-bad-method", ["analyze", "search", "--backbone", "demo", "--task", "digits", "--method",
                                       "../x", "--workdir", "{tmp}"], ("bad method name '../x'", BAD_NAME)),
+    Row("sweep-warm-start-no-studies", [*SWEEP, "--warm-start-from", "old"],
+        "--warm-start-from old: no Optuna studies in {tmp}", preset={}),
+    Row("sweep-warm-start-bad-name", [*SWEEP, "--warm-start-from", "../x"], ("bad sweep name '../x'", BAD_NAME),
+        preset={}),
+    Row("sweep-warm-start-unknown", [*SWEEP, "--warm-start-from", "old"],
+        "unknown sweep to warm-start from 'old'; valid choices: other", preset={}, setup=studies_of_other),
     Row("sweep-status-unknown", ["sweep", "status", "nope", "--workdir", "{tmp}"],
         "unknown sweep 'nope'; valid choices: handmade", setup=recorded),
     Row("sweep-resume-unknown", ["sweep", "resume", "nope", "--workdir", "{tmp}"],

@@ -168,6 +168,41 @@ def test_the_dashboard_command_names_the_journal(tmp_path) -> None:
     assert studies.dashboard_command(tmp_path) == f"optuna-dashboard {tmp_path.resolve() / 'optuna.journal'}"
 
 
+# ---- warm start from an earlier sweep ------------------------------------------------------------------------
+
+def test_a_warm_started_cell_starts_from_the_sources_best_configurations(journal) -> None:
+    """The source sweep searched its whole grid on the demo backbone; a sweep on vit_b with a narrower lr grid
+    starts each cell from the source's best configurations inside its own grid, and keeps its budget."""
+    def score(spec: planning.TrialSpec) -> float:
+        p = spec.params
+        return 100 * p["lr"] + 10 * p["dropout"] + 100 * p["weight_decay"]
+
+    src = make_plan(name="src", methods=["alore"], tasks=["digits"], trials=100, seeds=[1])
+    assert src.cells[0].exhaustive and src.cells[0].space["lr"] == [0.05, 0.01, 0.005]
+    storage = studies.open_journal(journal)
+    studies.use("src", storage)
+    drain(SweepSearcher(src), value=score)
+    studies.use("src", None)
+
+    space = {"lr": [0.01, 0.005], "weight_decay": [0.01, 0.001], "dropout": [0.1, 0.0]}
+    plan = make_plan(backbones=["vit_b"], methods=["alore"], tasks=["digits"], trials=6, seeds=[1], space=space)
+    cp = plan.cells[0]
+    assert not cp.exhaustive and cp.n_search == 6
+    warnings: list[str] = []
+    studies.use("t", storage, studies.warm_starts(storage, plan, ["src"], warnings.append))
+    issued, end = drain(SweepSearcher(plan))
+    search = [s.params for s in issued if s.phase == planning.SEARCH]
+    expected = [{"lr": 0.01, "weight_decay": 0.01, "dropout": 0.1},     # 3.0
+                {"lr": 0.005, "weight_decay": 0.01, "dropout": 0.1},    # 2.5
+                {"lr": 0.01, "weight_decay": 0.001, "dropout": 0.1}]    # 2.1
+    assert search[:3] == expected, "the source's three best configurations inside this grid, best first"
+    assert len(search) == 6 and len({json.dumps(p, sort_keys=True) for p in search}) == 6, "the budget, unchanged"
+    assert end == Searcher.FINISHED
+    assert len(warnings) == 4 and all("outside the grid" in w and "'lr': 0.05" in w for w in warnings)
+    trials = stored(journal, "t", cp.cell).get_trials()
+    assert [t.user_attrs.get("warm_start_from") for t in trials[:4]] == ["src/demo/digits/alore"] * 3 + [None]
+
+
 # ---- pictures of a cell's search (the sweep logs them to MLflow: tests/test_models.py) ----------------------
 
 def test_analyze_search_draws_a_cells_study_once_it_has_three_complete_trials(journal) -> None:

@@ -49,14 +49,16 @@ class Settings:
     db_url: str
     address: str | None = None
     max_concurrent: int | None = None
+    warm_start_from: tuple[str, ...] = ()  # earlier sweeps whose best configurations each cell's search starts from
 
     @classmethod
     def embedded(cls, name: str, workdir: Path, tracking_uri: str | None = None, db_url: str | None = None,
-                 address: str | None = None, max_concurrent: int | None = None) -> Settings:
+                 address: str | None = None, max_concurrent: int | None = None,
+                 warm_start_from: tuple[str, ...] = ()) -> Settings:
         security.check_name("sweep", name)
         workdir = workdir.resolve()
         return cls(name, workdir, defaults.tracking_uri(workdir, tracking_uri), defaults.db_url(workdir, db_url),
-                   address, max_concurrent)
+                   address, max_concurrent, tuple(warm_start_from))
 
 
 @dataclasses.dataclass
@@ -292,7 +294,8 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
     security.make_private(settings.workdir)
     run.check_experiment(settings.workdir, settings.name, restore=resume or recorded)
     sweep_config = {**preset.to_dict(), "tracking_uri": mask_text(settings.tracking_uri),
-                    "db": mask_url(settings.db_url), "weights_used": {b: _shown(w) for b, w in _weights(plan).items()}}
+                    "db": mask_url(settings.db_url), "warm_start_from": list(settings.warm_start_from),
+                    "weights_used": {b: _shown(w) for b, w in _weights(plan).items()}}
     sweep_id = db.upsert_sweep(engine, settings.name, preset=preset.name, suite=preset.suite, config=sweep_config,
                                status="running")
     hooks.on_step("starting Ray" + (f" (cluster {settings.address})" if settings.address else " (local)"))
@@ -312,7 +315,9 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
                               gpus_per_trial=preset.gpus_per_trial, epochs=preset.epochs,
                               max_concurrent=settings.max_concurrent, restore=resume or recorded)
             hooks.on_step(f"running {plan.total_trials} trials of {len(plan.cells)} cells")
-            studies.use(plan.name, studies.open_journal(settings.workdir))  # the searcher's Optuna storage
+            journal = studies.open_journal(settings.workdir)  # the searcher's Optuna storage
+            studies.use(plan.name, journal, studies.warm_starts(journal, plan, settings.warm_start_from,
+                                                                hooks.on_warning))
             try:
                 run.fit(tuner, driver)
             finally:

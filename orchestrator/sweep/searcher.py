@@ -146,6 +146,9 @@ class SweepSearcher(Searcher):
         if spec.phase == SEARCH:
             self._sync(self.plan.cell(spec.cell))
             st["search"].append({"params": spec.params, "status": "running", "value": None, "epochs": 0})
+            warm = st.get("warm") or []
+            if spec.index < len(warm) and warm[spec.index]["params"] == spec.params:
+                st["search"][-1]["warm_start_from"] = warm[spec.index]["from"]
             self.state["trials"][trial_id] = [spec.cell.key, SEARCH, spec.index]
         else:
             st["finals"].append({"seed": spec.seed, "status": "running"})
@@ -175,12 +178,21 @@ class SweepSearcher(Searcher):
     def _next_search(self, cp: CellPlan) -> TrialSpec:
         st = self._cell(cp)
         index = len(st["search"])
-        if cp.exhaustive:
-            values = list(itertools.product(*cp.space.values()))[index]
-            params = dict(zip(cp.space, values))
+        warm = self._warm(cp, index)
+        if cp.exhaustive:  # the whole grid, the warm-start configurations first
+            grid = [dict(zip(cp.space, v)) for v in itertools.product(*cp.space.values())]
+            firsts = [w["params"] for w in warm]
+            params = (firsts + [p for p in grid if p not in firsts])[index]
         else:
-            params = self._ask(cp, index)
+            params = self._ask(cp, index, warm[index]["params"] if index < len(warm) else None)
         return TrialSpec(cp.cell, SEARCH, index, cp.seeds[0], params, cp.run)
+
+    def _warm(self, cp: CellPlan, index: int) -> list[dict[str, Any]]:
+        """The cell's warm-start configurations, fixed in ``state`` when its first search trial is suggested."""
+        st = self._cell(cp)
+        if "warm" not in st:
+            st["warm"] = studies.warm_start(self.plan, cp) if index == 0 else []
+        return st["warm"]
 
     def _store(self) -> studies.Studies:
         if self._stored is None:
@@ -208,9 +220,11 @@ class SweepSearcher(Searcher):
             self._studies[key] = study
         return self._studies[key]
 
-    def _ask(self, cp: CellPlan, index: int) -> dict[str, Any]:
+    def _ask(self, cp: CellPlan, index: int, warm: dict[str, Any] | None = None) -> dict[str, Any]:
         study = self._study(cp)
         tried = {_point(cp.space, e["params"]) for e in self._cell(cp)["search"]}
+        if warm is not None and _point(cp.space, warm) not in tried:
+            study.enqueue_trial(warm)  # a best configuration of an earlier sweep (--warm-start-from)
         trial = study.ask(_dists(cp))
         if _point(cp.space, trial.params) in tried:
             # TPE re-suggested a point of this cell: tell Optuna it failed, take an untried point instead.

@@ -111,7 +111,8 @@ def frozen(cp: CellPlan, index: int, entry: dict[str, Any]) -> optuna.trial.Froz
     """Search trial ``index`` as Optuna sees it once it ended: its state, value (COMPLETE only), per-epoch val200."""
     state = STATES[entry["status"]]
     attrs = {INDEX: index, "trial_key": f"search-{index:02d}", "epochs": entry.get("epochs", 0)}
-    attrs.update({k: v for k, v in entry.items() if k == "warm_start_from"})
+    if entry.get("warm_start_from"):
+        attrs["warm_start_from"] = entry["warm_start_from"]
     return optuna.trial.create_trial(
         state=state, params=entry["params"], distributions=dists(cp),
         value=entry["value"] if state == optuna.trial.TrialState.COMPLETE else None,
@@ -172,19 +173,71 @@ class Studies:
 
 # The driver opens the journal and hands it to the searcher here: Tune pickles the searcher (and unpickles it
 # on restore), and a live storage must not travel in a pickle. Looked up at call time, like Events.RECEIVER.
-_ACTIVE: dict[str, optuna.storages.BaseStorage] = {}
+_ACTIVE: dict[str, tuple[optuna.storages.BaseStorage, dict[str, list[dict[str, Any]]]]] = {}
 
 
-def use(sweep: str, storage: optuna.storages.BaseStorage | None) -> None:
+def use(sweep: str, storage: optuna.storages.BaseStorage | None,
+        warm: dict[str, list[dict[str, Any]]] | None = None) -> None:
+    """Hand the sweep's storage (and its cells' warm-start configurations, :func:`warm_starts`) to its searcher."""
     if storage is None:
         _ACTIVE.pop(sweep, None)
     else:
-        _ACTIVE[sweep] = storage
+        _ACTIVE[sweep] = (storage, warm or {})
 
 
 def for_plan(plan: SweepPlan) -> Studies:
     """The sweep's studies in the storage the driver opened; in memory when none was (a searcher on its own)."""
-    return Studies(_ACTIVE.get(plan.name) or optuna.storages.InMemoryStorage(), plan)
+    storage, _ = _ACTIVE.get(plan.name) or (optuna.storages.InMemoryStorage(), {})
+    return Studies(storage, plan)
+
+
+def warm_start(plan: SweepPlan, cp: CellPlan) -> list[dict[str, Any]]:
+    """The configurations the driver handed over for the cell's first search trials (``{"params", "from"}``)."""
+    return list((_ACTIVE.get(plan.name) or (None, {}))[1].get(cp.cell.key, []))
+
+
+# ---- warm start from earlier sweeps -------------------------------------------------------------------------
+
+WARM_MAX = 3  # at most this many configurations per cell, and at most half its search budget (at least one)
+
+
+def sweeps_in(storage: optuna.storages.BaseStorage) -> list[str]:
+    """The sweeps that have studies in ``storage``."""
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    return sorted({n.split("/", 1)[0] for n in names if n.count("/") == 3})
+
+
+def warm_starts(storage: optuna.storages.BaseStorage, plan: SweepPlan, sources: list[str] | tuple[str, ...],
+                warn: Any = lambda message: None) -> dict[str, list[dict[str, Any]]]:
+    """Per cell key, the best configurations (complete trials by val200, best first) of the same (task, method)
+    in the studies of the sweeps ``sources``, on any backbone; a configuration outside the cell's grid is
+    skipped with a warning. Enqueued (``enqueue_trial``) as the cell's first search trials: the budget stays."""
+    if not sources:
+        return {}
+    summaries = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for cp in plan.cells:
+        found = []
+        for name in summaries:
+            sweep, _, rest = name.partition("/")
+            if sweep not in sources or rest.split("/")[1:] != [cp.cell.task, cp.cell.method]:
+                continue
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            found += [(t.value, name, t.params) for t in trials]
+        chosen: list[dict[str, Any]] = []
+        limit = min(WARM_MAX, max(1, cp.n_search // 2))
+        for value, name, params in sorted(found, key=lambda f: -f[0]):
+            point = {k: params.get(k) for k in cp.space}
+            if set(params) != set(cp.space) or any(point[k] not in cp.space[k] for k in cp.space):
+                warn(f"warm start: {name}'s configuration {params} (val {value:.2f}) is outside the grid of "
+                     f"{cp.cell.backbone}/{cp.cell.task}/{cp.cell.method}; skipped")
+                continue
+            if point not in (c["params"] for c in chosen) and len(chosen) < limit:
+                chosen.append({"params": point, "from": name})
+        if chosen:
+            out[cp.cell.key] = chosen
+    return out
 
 
 def load(storage: optuna.storages.BaseStorage, sweep: str, backbone: str, task: str, method: str) -> optuna.Study:
