@@ -126,6 +126,15 @@ def recorded(tmp: Path) -> None:
         engine.dispose()
 
 
+def studies_of_other(tmp: Path) -> None:
+    """A work folder whose Optuna journal holds the studies of a sweep 'other' only."""
+    import optuna
+
+    from alorectl.sweep.studies import open_journal
+
+    optuna.create_study(study_name="other/demo/digits/alore", storage=open_journal(tmp), direction="maximize")
+
+
 def recorded_and_out_taken(tmp: Path) -> None:
     recorded(tmp)
     (tmp / "out").mkdir()
@@ -269,6 +278,18 @@ ROWS = [
         ("unknown result 'demo/cifar/alore'", "demo/digits/alore"), setup=recorded),
     Row("export-out-not-empty", [*EXPORT, "--task", "digits"], ("--out {out} is not empty", "--force"),
         setup=recorded_and_out_taken),
+    Row("export-register-without-merged-weights", [*EXPORT, "--task", "digits", "--register"],
+        "--register: the merged weights of demo/digits/alore are missing", setup=recorded),
+    Row("analyze-search-no-studies", ["analyze", "search", "--backbone", "demo", "--task", "digits", "--method",
+                                      "alore", "--workdir", "{tmp}"], ("no Optuna studies in {tmp}", "run a sweep")),
+    Row("analyze-search-bad-method", ["analyze", "search", "--backbone", "demo", "--task", "digits", "--method",
+                                      "../x", "--workdir", "{tmp}"], ("bad method name '../x'", BAD_NAME)),
+    Row("sweep-warm-start-no-studies", [*SWEEP, "--warm-start-from", "old"],
+        "--warm-start-from old: no Optuna studies in {tmp}", preset={}),
+    Row("sweep-warm-start-bad-name", [*SWEEP, "--warm-start-from", "../x"], ("bad sweep name '../x'", BAD_NAME),
+        preset={}),
+    Row("sweep-warm-start-unknown", [*SWEEP, "--warm-start-from", "old"],
+        "unknown sweep to warm-start from 'old'; valid choices: other", preset={}, setup=studies_of_other),
     Row("sweep-status-unknown", ["sweep", "status", "nope", "--workdir", "{tmp}"],
         "unknown sweep 'nope'; valid choices: handmade", setup=recorded),
     Row("sweep-resume-unknown", ["sweep", "resume", "nope", "--workdir", "{tmp}"],

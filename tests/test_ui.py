@@ -80,3 +80,15 @@ def test_http_tracking_uri_prints_links_without_the_password(ui_server, via: str
     assert done.returncode == 0, done.stderr
     assert experiment_url(ui.base_url, board, view=VIEW_ID) in done.stdout.split()
     assert secret not in done.stdout + done.stderr
+
+
+def test_prints_the_optuna_dashboard_command_of_the_work_folders_studies(ui_server, tmp_path) -> None:
+    from alorectl.sweep.studies import dashboard_command, open_journal
+
+    ui, _, _ = ui_server
+    done = alorectl("ui", "--tracking-uri", ui.base_url, "--workdir", str(tmp_path))
+    assert done.returncode == 0 and "optuna-dashboard" not in done.stdout, "no studies, no command"
+    open_journal(tmp_path)
+    done = alorectl("ui", "--tracking-uri", ui.base_url, "--workdir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert dashboard_command(tmp_path) in done.stdout.splitlines()[-2].strip()

@@ -367,3 +367,45 @@ def tsne(
     err_console.print(f"wrote {files[0]}", highlight=False, markup=False)
     for cell in cells:
         log_to_mlflow(workdir, tracking_uri, cell.mlflow_run_id, files)
+
+
+@app.command("search")
+def search(
+    backbone: Annotated[str, typer.Option(help="backbone of the cell")],
+    task: Annotated[str, typer.Option(help="task of the cell")],
+    method: Annotated[str, typer.Option(help="method of the cell")],
+    sweep: Annotated[str | None, typer.Option("--sweep", help="the sweep whose search (default: the newest)")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="output folder (default <workdir>/analysis/<backbone>/<task>/search-<method>)")] = None,
+    workdir: Workdir = DEFAULT_WORKDIR,
+) -> None:
+    """Parameter importance and parallel coordinates of a cell's search, from its Optuna study (PNG files)."""
+    import optuna
+
+    from alorectl.results import pictures
+    from alorectl.sweep import studies
+
+    for kind, value in (("backbone", backbone), ("task", task), ("method", method)):
+        check_name(kind, value)
+    if sweep is not None:
+        check_name("sweep", sweep)
+    storage = studies.open_journal(workdir, create=False)
+    if storage is None:
+        raise AloreError(f"no Optuna studies in {workdir} ({studies.journal_path(workdir)} does not exist); "
+                         "run a sweep first or pass --workdir")
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    cells = [n for n in names if n.split("/", 1)[-1] == f"{backbone}/{task}/{method}"]
+    wanted = [n for n in cells if sweep is None or n.split("/", 1)[0] == sweep]
+    if not wanted:
+        raise UnknownChoiceError("search" + (f" of sweep {sweep}" if sweep else ""), f"{backbone}/{task}/{method}",
+                                 sorted({n.split("/", 1)[-1] for n in names if sweep is None or
+                                         n.split("/", 1)[0] == sweep}) or ["(none)"])
+    study = optuna.load_study(study_name=wanted[-1], storage=storage)  # the newest: studies are kept in order
+    done = pictures.complete(study)
+    if done < pictures.MIN_TRIALS:
+        raise AloreError(f"the search of {wanted[-1]} has {done} complete trial(s); its pictures need at least "
+                         f"{pictures.MIN_TRIALS}")
+    folder = out if out is not None else inside(workdir, "analysis", backbone, task, f"search-{method}")
+    files = pictures.draw(study, folder)
+    for path in files:
+        console.print(f"wrote {path}", highlight=False, markup=False)

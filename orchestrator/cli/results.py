@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -24,8 +23,10 @@ from sqlalchemy import Engine
 
 from alorectl import db
 from alore.backbones import create_backbone, data_config, resolve
-from alore.data import SUITES, Preprocess
+from alore.data import SUITES
+from alore.api import mergeable_methods
 from alore.errors import AloreError, UnknownChoiceError
+from alorectl.results.export import timm_preprocessing
 from alorectl.results.leaderboard import build, check_choices
 
 from alorectl import defaults
@@ -123,38 +124,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def timm_preprocessing(suite: str, image_size: int, mean: Any, std: Any) -> dict[str, Any]:
-    """alore's evaluation preprocessing (:mod:`alore.data.decoded`) as timm ``pretrained_cfg`` fields.
-
-    With these in the model's ``pretrained_cfg``,
-    ``timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))``
-    is the transform the model was trained and scored with (timm's
-    ``transforms_imagenet_eval``, then ``ToTensor`` and ``Normalize(mean, std)``):
-
-    * VTAB: resized straight to ``image_size²``, bicubic (NOAH's
-      ``Resize((224, 224), interpolation=3)``) = timm's ``squash`` mode at
-      ``crop_pct=1.0`` (resize each edge to size/1.0, centre-crop nothing).
-      timm's own default (``center``, ``crop_pct`` 0.875-0.9) keeps the aspect
-      ratio and cuts the border: the demo export scored 61.75% that way
-      instead of its 70.75%.
-    * FGVC: shorter side to ``stored_size`` (bilinear), centre ``image_size²``
-      = timm's ``center`` mode, whose shorter side is
-      ``floor(image_size / crop_pct)``.  (alore crops twice, to the stored
-      square then to the input; the offsets agree exactly when
-      ``stored_size - image_size`` is even, as 256 - 224 is.)
-    """
-    pre = Preprocess.for_suite(suite, image_size, mean, std)
-    size = pre.image_size
-    if pre.crop:
-        crop_pct, crop_mode, interpolation = size / pre.stored_size, "center", "bilinear"
-        while math.floor(size / crop_pct) < pre.stored_size:  # float division must not land a pixel short
-            crop_pct = math.nextafter(crop_pct, 0.0)
-    else:
-        crop_pct, crop_mode, interpolation = 1.0, "squash", "bicubic"
-    return {"input_size": (3, size, size), "interpolation": interpolation, "crop_pct": crop_pct,
-            "crop_mode": crop_mode, "mean": pre.mean, "std": pre.std}
-
-
 def _kwargs_text(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in values.items())
 
@@ -165,6 +134,9 @@ def export(
     method: Annotated[str, typer.Option(help="a method, or 'best' (chosen by val accuracy)")] = "alore",
     out: Annotated[Path, typer.Option(help="output folder (new or empty)")] = Path("export"),
     force: Annotated[bool, typer.Option("--force", help="replace an earlier export in a non-empty --out")] = False,
+    register: Annotated[bool, typer.Option("--register", help="also register it in MLflow's model registry as "
+                                           "alore-<backbone>-<task>, alias 'best' when its val accuracy is the best "
+                                           "(use with --method best)")] = False,
     workdir: Workdir = DEFAULT_WORKDIR,
     tracking_uri: TrackingUri = None,
     db_flag: DbUrl = None,
@@ -190,6 +162,8 @@ def export(
     dc = data_config(create_backbone(backbone, classes, device="meta"))
     preprocessing = timm_preprocessing(row.suite, dc["image_size"], dc["mean"], dc["std"])
     merged = source / "merged.safetensors"
+    if register:  # refused before anything is written
+        _check_registrable(backbone, task, row, merged)
     overlay = {"file": "model.safetensors", "num_classes": classes, **preprocessing}
     kwargs = dict(spec.kwargs)
     load = (f"timm.create_model({spec.timm_name!r}, pretrained=True, num_classes={classes}, "
@@ -226,9 +200,44 @@ def export(
         _publish(stage, out)
     console.print(f"exported {backbone}/{task}/{row.method} (test {row.test_acc_mean:.2f}%) to {out}", highlight=False,
                   markup=False)
+    if register:
+        _register(backbone, task, row, source, card, defaults.tracking_uri(workdir, tracking_uri))
     if card["merged"]:
         console.print(f"load it with plain timm:\n  {load}", highlight=False, markup=False,
                       soft_wrap=True)  # one line to copy
+
+
+def _check_registrable(backbone: str, task: str, row: Any, merged: Path) -> None:
+    if row.method not in mergeable_methods():
+        raise AloreError(f"--register: {row.method} cannot be merged into plain timm, so {backbone}/{task}/"
+                         f"{row.method} has no MLflow model; mergeable methods: {', '.join(mergeable_methods())}")
+    if not merged.is_file():
+        raise AloreError(f"--register: the merged weights of {backbone}/{task}/{row.method} are missing: {merged}")
+    if not row.mlflow_run_id:
+        raise AloreError(f"--register: {backbone}/{task}/{row.method} is not in MLflow yet; "
+                         "alorectl sweep resume NAME logs it")
+    if row.val_acc is None:
+        raise AloreError(f"--register: {backbone}/{task}/{row.method} has no val accuracy to rank it by")
+
+
+def _register(backbone: str, task: str, row: Any, source: Path, card: dict[str, Any], uri: str) -> None:
+    """The result's MLflow model (logged now if its sweep predates models) registered; the alias moved if best."""
+    from alorectl.tracking.client import Tracker
+    from alorectl.tracking.models import ALIAS, has_model, log_model, register
+
+    tracker = Tracker(uri)
+    try:
+        if not has_model(tracker.client, row.mlflow_run_id):
+            log_model(tracker.client, row.mlflow_run_id, backbone, row.suite, source,
+                      {k: card[k] for k in ("backbone", "task", "method", "val_acc", "test_acc", "suite")})
+        done = register(tracker.client, backbone, task, row.mlflow_run_id, row.val_acc, tags={"method": row.method})
+    except Exception as err:  # the server refused, or is away: one line, no credentials
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise AloreError(db.urls.mask_text(f"--register: MLflow refused: {first}")[:400]) from None
+    where = f"models:/{done.name}@{ALIAS}"
+    console.print(f"registered {done.name} version {done.version}; " +
+                  (f"{where} is this model" if done.moved else f"{where} stays version {done.best_version} "
+                                                                "(better val accuracy)"), highlight=False, markup=False)
 
 
 @contextmanager

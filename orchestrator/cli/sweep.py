@@ -100,6 +100,9 @@ def sweep_run(
     db_flag: DbUrl = None,
     workdir: Workdir = DEFAULT_WORKDIR,
     sweep_name: Annotated[str | None, typer.Option("--name", help="sweep name (default: the preset's)")] = None,
+    warm_start_from: Annotated[list[str] | None, typer.Option(
+        "--warm-start-from", help="an earlier sweep (repeatable): each cell's search starts from the best "
+                                  "configurations of its task and method there, on any backbone")] = None,
 ) -> None:
     """Run a sweep of ALoRE and baselines: search on val200, final runs on test, MLflow + leaderboard."""
     if max_concurrent_trials is not None and max_concurrent_trials < 1:
@@ -111,7 +114,8 @@ def sweep_run(
     p = apply_flags(presets.load(preset), backbones=backbones, methods=methods, tasks=tasks, trials=trials,
                     search=search, scheduler=scheduler, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
                     data_root=data_root, weights=weights, seeds=seeds, epochs=epochs)
-    settings = Settings.embedded(sweep_name or p.name, workdir, tracking_uri, db_flag, address, max_concurrent_trials)
+    settings = Settings.embedded(sweep_name or p.name, workdir, tracking_uri, db_flag, address, max_concurrent_trials,
+                                 warm_start_from=check_warm_start(workdir, warm_start_from or []))
     if dry_run:
         return show_plan(p, settings, gpus or 1)
     execute(p, settings, resume=False)
@@ -134,8 +138,8 @@ def sweep_resume(
         raise ConfigError(f"sweep {name!r} logged to {uri}, whose password is not stored; pass --tracking-uri "
                           "(or MLFLOW_TRACKING_URI) with the credentials")
     p = presets.from_stored(stored, f"stored sweep {name!r}")
-    execute(p, Settings.embedded(name, workdir, tracking_uri or uri, db_flag, address, max_concurrent_trials),
-            resume=True)
+    execute(p, Settings.embedded(name, workdir, tracking_uri or uri, db_flag, address, max_concurrent_trials,
+                                 warm_start_from=tuple(stored.get("warm_start_from") or ())), resume=True)
 
 
 @app.command("status")
@@ -178,6 +182,26 @@ def _duration(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def check_warm_start(workdir: Path, sources: list[str]) -> tuple[str, ...]:
+    """``--warm-start-from`` names sweeps whose studies are in the work folder's journal (read only)."""
+    from alorectl.security import check_name
+    from alorectl.sweep import studies
+
+    for name in sources:
+        check_name("sweep", name)
+    if not sources:
+        return ()
+    storage = studies.open_journal(workdir, create=False)
+    if storage is None:
+        raise ConfigError(f"--warm-start-from {sources[0]}: no Optuna studies in {workdir} "
+                          f"({studies.journal_path(workdir)} does not exist)")
+    known = studies.sweeps_in(storage)
+    for name in sources:
+        if name not in known:
+            raise UnknownChoiceError("sweep to warm-start from", name, known or ["(none)"])
+    return tuple(dict.fromkeys(sources))
 
 
 def show_plan(p: presets.Preset, settings: Settings, gpus: int) -> None:

@@ -56,11 +56,13 @@ def ui(
         server, credentials = split_credentials(uri)
         configure(credentials)  # this process reads the server's experiments for the links
         _print_links(server, server)
+        _print_studies(workdir)
         typer.echo("the UI is served by that tracking server: open a link above")
         return
     _require_sqlite_file(uri)
     base = f"http://{_link_host(host)}:{port}"
     _print_links(uri, base)
+    _print_studies(workdir)
     typer.echo(f"MLflow UI on {base}  (store {mask_text(uri)}; Ctrl+C stops it)")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -86,6 +88,14 @@ def _print_links(uri: str, base: str) -> None:
         typer.echo("no alore/* experiments in this store yet")
     for name, url in links:
         typer.echo(f"{name}\n  {url}")  # plain echo: a wrapped or re-styled link would not open
+
+
+def _print_studies(workdir: Path) -> None:
+    """The command that opens the sweeps' Optuna studies (optuna-dashboard is not a dependency: printed only)."""
+    from alorectl.sweep.studies import dashboard_command, journal_path
+
+    if journal_path(workdir).is_file():
+        typer.echo(f"Optuna studies (parameter importance, parallel coordinates):\n  {dashboard_command(workdir)}")
 
 
 def _require_sqlite_file(uri: str) -> None:

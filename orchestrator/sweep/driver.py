@@ -31,6 +31,7 @@ from alorectl import defaults, security
 from alorectl.bench import simulated as simulation
 from . import experiment as run
 from . import plan as planning
+from . import studies
 from .preset import Preset
 from .record import CellResult, Recorder, TrialOutcome
 from alorectl.tracking.observer import Background, Track
@@ -49,14 +50,16 @@ class Settings:
     db_url: str
     address: str | None = None
     max_concurrent: int | None = None
+    warm_start_from: tuple[str, ...] = ()  # earlier sweeps whose best configurations each cell's search starts from
 
     @classmethod
     def embedded(cls, name: str, workdir: Path, tracking_uri: str | None = None, db_url: str | None = None,
-                 address: str | None = None, max_concurrent: int | None = None) -> Settings:
+                 address: str | None = None, max_concurrent: int | None = None,
+                 warm_start_from: tuple[str, ...] = ()) -> Settings:
         security.check_name("sweep", name)
         workdir = workdir.resolve()
         return cls(name, workdir, defaults.tracking_uri(workdir, tracking_uri), defaults.db_url(workdir, db_url),
-                   address, max_concurrent)
+                   address, max_concurrent, tuple(warm_start_from))
 
 
 @dataclasses.dataclass
@@ -296,7 +299,8 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
     security.make_private(settings.workdir)
     run.check_experiment(settings.workdir, settings.name, restore=resume or recorded)
     sweep_config = {**preset.to_dict(), "tracking_uri": mask_text(settings.tracking_uri),
-                    "db": mask_url(settings.db_url), "weights_used": {b: _shown(w) for b, w in _weights(plan).items()},
+                    "db": mask_url(settings.db_url), "warm_start_from": list(settings.warm_start_from),
+                    "weights_used": {b: _shown(w) for b, w in _weights(plan).items()},
                     **({"simulated": True} if simulated else {})}
     sweep_id = db.upsert_sweep(engine, settings.name, preset=preset.name, suite=preset.suite, config=sweep_config,
                                status="running", simulated=simulated)
@@ -307,7 +311,7 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
     db.upsert_sweep(engine, settings.name, config={**sweep_config, "slots": slots, "total_trials": plan.total_trials})
     recorder = Recorder(engine, sweep_id, plan)
     track = Track(Tracker(settings.tracking_uri, settings.workdir / "mlartifacts"), plan, hooks.on_warning,
-                  simulated=simulated)
+                  simulated=simulated, workdir=settings.workdir)
     driver = Driver(plan, settings, recorder, track, engine, hooks)
     try:
         hooks.on_step("logging to MLflow what a previous run left unlogged")
@@ -317,11 +321,18 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
                               gpus_per_trial=preset.gpus_per_trial, epochs=preset.epochs,
                               max_concurrent=settings.max_concurrent, restore=resume or recorded)
             hooks.on_step(f"running {plan.total_trials} trials of {len(plan.cells)} cells")
-            run.fit(tuner, driver)
+            journal = studies.open_journal(settings.workdir)  # the searcher's Optuna storage
+            studies.use(plan.name, journal, studies.warm_starts(journal, plan, settings.warm_start_from,
+                                                                hooks.on_warning))
+            try:
+                run.fit(tuner, driver)
+            finally:
+                studies.use(plan.name, None)
         driver.later.drain()
         driver.catch_up()  # what MLflow could not take during the run, if it is back
         driver.dirty |= {cp.cell.backbone for cp in plan.cells}
         driver.publish()
+        track.register_best(engine)
     except BaseException:
         db.set_sweep_status(engine, sweep_id, "interrupted")
         raise

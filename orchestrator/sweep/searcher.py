@@ -15,7 +15,14 @@ TPE on a small categorical grid re-suggests points already tried. Here a
 repeated point is told to Optuna as failed and replaced by an untried one, so
 no trial repeats a configuration of its cell. When the budget covers the grid,
 the cell's search is the exhaustive grid. The state saved for restore is JSON
-(the suggestions and their values); the studies are rebuilt from it.
+(the suggestions, their values and per-epoch val200 curves); the studies are rebuilt from it.
+Each cell's study is also kept in Optuna's own storage, a mirror of that JSON
+(:mod:`alorectl.sweep.studies`: where, why, and how it stays whole across kills).
+
+Optuna learns each search trial in the state it really ended in: a trial that ran
+every epoch is COMPLETE, one that ASHA stopped early is PRUNED with its per-epoch
+val200 reported (``trial.report``; TPE ranks pruned trials by their last step,
+below the complete ones), one that errored is FAIL.
 """
 
 from __future__ import annotations
@@ -29,7 +36,11 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
+from . import studies
 from .plan import FINAL, SEARCH, CellPlan, SweepPlan, TrialSpec
+from .studies import INDEX, STATES, frozen
+from .studies import curve as _curve
+from .studies import dists as _dists
 
 METRIC, MODE = "val_acc", "max"
 
@@ -47,12 +58,14 @@ class SweepSearcher(Searcher):
                                                               "failed": None} for cp in plan.cells},
                                       "trials": {}}
         self._studies: dict[str, optuna.Study] = {}
-        self._asked: dict[tuple[str, int], int] = {}   # (cell key, search index) -> Optuna trial number
+        self._asked: dict[tuple[str, int], optuna.Trial] = {}   # (cell key, search index) -> its asked trial
+        self._stored: studies.Studies | None = None  # the studies in Optuna's storage (mirrors of ``state``)
+        self._synced: set[str] = set()               # cells whose stored study was checked against ``state``
 
     # Live Optuna objects never go into Tune's pickles; they are rebuilt from ``state``.
     def __getstate__(self) -> dict[str, Any]:
         data = dict(self.__dict__)
-        data["_studies"], data["_asked"] = {}, {}
+        data["_studies"], data["_asked"], data["_stored"], data["_synced"] = {}, {}, None, set()
         return data
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
@@ -73,6 +86,14 @@ class SweepSearcher(Searcher):
             return Searcher.FINISHED
         return None  # searches still running: ask again later
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """A search trial's val200 per epoch, kept for Optuna's intermediate values (a dict update: cheap)."""
+        where = self.state["trials"].get(trial_id)
+        if where is None or where[1] != SEARCH or result.get(METRIC) is None or "epoch" not in result:
+            return
+        entry = self.state["cells"][where[0]]["search"][where[2]]
+        entry.setdefault("curve", {})[str(int(result["epoch"]))] = float(result[METRIC])
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         where = self.state["trials"].get(trial_id)
         if where is None:
@@ -83,9 +104,16 @@ class SweepSearcher(Searcher):
         value = (result or {}).get(METRIC)
         entry["status"] = "failed" if error or (phase == SEARCH and value is None) else "done"
         if phase == SEARCH:
+            cp = self.plan.cell(_cell_of(self.plan, key))
             entry["value"] = None if error else value
             entry["epochs"] = int((result or {}).get("epoch", 0))
-            self._tell(self.plan.cell(_cell_of(self.plan, key)), index, entry)
+            if entry["status"] == "done" and entry["epochs"] < cp.run.epochs:
+                entry["status"] = "pruned"  # stopped early by the scheduler (ASHA)
+            if entry["status"] != "failed":
+                entry.setdefault("curve", {})[str(entry["epochs"])] = float(value)
+            self._tell(cp, index, entry)
+            if not self._sync(cp):  # (a first sync has just mirrored this entry too)
+                self._store().record(cp, index, entry)
         elif error:
             st["failed"] = st["failed"] or f"final run {entry['seed']} failed"
 
@@ -96,7 +124,14 @@ class SweepSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
             self.state = json.load(f)
-        self._studies, self._asked = {}, {}
+        self._studies, self._asked, self._synced = {}, {}, set()
+
+    # ---- what the driver may ask ------------------------------------------------------------------
+
+    def study(self, cp: CellPlan) -> optuna.Study:
+        """The cell's study in Optuna's storage: each search trial in the state it ended in."""
+        self._sync(cp)
+        return self._store().study(cp)
 
     # ---- internals ---------------------------------------------------------------------------------
 
@@ -106,7 +141,11 @@ class SweepSearcher(Searcher):
     def _issue(self, trial_id: str, spec: TrialSpec) -> dict[str, Any]:
         st = self._cell(self.plan.cell(spec.cell))
         if spec.phase == SEARCH:
+            self._sync(self.plan.cell(spec.cell))
             st["search"].append({"params": spec.params, "status": "running", "value": None, "epochs": 0})
+            warm = st.get("warm") or []
+            if spec.index < len(warm) and warm[spec.index]["params"] == spec.params:
+                st["search"][-1]["warm_start_from"] = warm[spec.index]["from"]
             self.state["trials"][trial_id] = [spec.cell.key, SEARCH, spec.index]
         else:
             st["finals"].append({"seed": spec.seed, "status": "running"})
@@ -118,7 +157,8 @@ class SweepSearcher(Searcher):
         if st["failed"] or len(st["search"]) < cp.n_search or any(e["status"] == "running" for e in st["search"]):
             return None
         if st["chosen"] is None:
-            scored = [(i, e) for i, e in enumerate(st["search"]) if e["status"] == "done" and e["value"] is not None]
+            scored = [(i, e) for i, e in enumerate(st["search"])
+                      if e["status"] in ("done", "pruned") and e["value"] is not None]
             if not scored:
                 st["failed"] = "every search trial failed"
                 return None
@@ -135,12 +175,34 @@ class SweepSearcher(Searcher):
     def _next_search(self, cp: CellPlan) -> TrialSpec:
         st = self._cell(cp)
         index = len(st["search"])
-        if cp.exhaustive:
-            values = list(itertools.product(*cp.space.values()))[index]
-            params = dict(zip(cp.space, values))
+        warm = self._warm(cp, index)
+        if cp.exhaustive:  # the whole grid, the warm-start configurations first
+            grid = [dict(zip(cp.space, v)) for v in itertools.product(*cp.space.values())]
+            firsts = [w["params"] for w in warm]
+            params = (firsts + [p for p in grid if p not in firsts])[index]
         else:
-            params = self._ask(cp, index)
+            params = self._ask(cp, index, warm[index]["params"] if index < len(warm) else None)
         return TrialSpec(cp.cell, SEARCH, index, cp.seeds[0], params, cp.run)
+
+    def _warm(self, cp: CellPlan, index: int) -> list[dict[str, Any]]:
+        """The cell's warm-start configurations, fixed in ``state`` when its first search trial is suggested."""
+        st = self._cell(cp)
+        if "warm" not in st:
+            st["warm"] = studies.warm_start(self.plan, cp) if index == 0 else []
+        return st["warm"]
+
+    def _store(self) -> studies.Studies:
+        if self._stored is None:
+            self._stored = studies.for_plan(self.plan)
+        return self._stored
+
+    def _sync(self, cp: CellPlan) -> bool:
+        """On a cell's first use by this searcher (new, or restored): its stored study mirrors ``state``."""
+        if cp.cell.key in self._synced:
+            return False
+        self._synced.add(cp.cell.key)
+        self._store().mirror(cp, self._cell(cp)["search"])
+        return True
 
     def _study(self, cp: CellPlan) -> optuna.Study:
         key = cp.cell.key
@@ -149,16 +211,17 @@ class SweepSearcher(Searcher):
             sampler = optuna.samplers.TPESampler(seed=zlib.crc32(key.encode()))
             study = optuna.create_study(direction="maximize", sampler=sampler)
             # Rebuilt after a restore: every finished search trial, as Optuna would have seen it.
-            for e in self._cell(cp)["search"]:
-                if e["status"] == "done" and e["value"] is not None:
-                    study.add_trial(optuna.trial.create_trial(params=e["params"], distributions=_dists(cp),
-                                                              value=e["value"]))
+            for i, e in enumerate(self._cell(cp)["search"]):
+                if e["status"] != "running":
+                    study.add_trial(frozen(cp, i, e))
             self._studies[key] = study
         return self._studies[key]
 
-    def _ask(self, cp: CellPlan, index: int) -> dict[str, Any]:
+    def _ask(self, cp: CellPlan, index: int, warm: dict[str, Any] | None = None) -> dict[str, Any]:
         study = self._study(cp)
         tried = {_point(cp.space, e["params"]) for e in self._cell(cp)["search"]}
+        if warm is not None and _point(cp.space, warm) not in tried:
+            study.enqueue_trial(warm)  # a best configuration of an earlier sweep (--warm-start-from)
         trial = study.ask(_dists(cp))
         if _point(cp.space, trial.params) in tried:
             # TPE re-suggested a point of this cell: tell Optuna it failed, take an untried point instead.
@@ -167,7 +230,8 @@ class SweepSearcher(Searcher):
                        if _point(cp.space, dict(zip(cp.space, v))) not in tried]
             study.enqueue_trial(random.Random(zlib.crc32(f"{cp.cell.key}/{index}".encode())).choice(untried))
             trial = study.ask(_dists(cp))
-        self._asked[(cp.cell.key, index)] = trial.number
+        trial.set_user_attr(INDEX, index)
+        self._asked[(cp.cell.key, index)] = trial
         return dict(trial.params)
 
     def _tell(self, cp: CellPlan, index: int, entry: dict[str, Any]) -> None:
@@ -175,20 +239,18 @@ class SweepSearcher(Searcher):
             return
         rebuilt = cp.cell.key not in self._studies  # then the study was built with this entry already in it
         study = self._study(cp)
-        number = self._asked.pop((cp.cell.key, index), None)
-        if number is None:
+        trial = self._asked.pop((cp.cell.key, index), None)
+        if trial is None:
             # Suggested before a restore: the rebuilt study learns it now.
-            if entry["status"] == "done" and not rebuilt:
-                study.add_trial(optuna.trial.create_trial(params=entry["params"], distributions=_dists(cp),
-                                                          value=entry["value"]))
-        elif entry["status"] == "done":
-            study.tell(number, entry["value"])
+            if not rebuilt:
+                study.add_trial(frozen(cp, index, entry))
+            return
+        for step, value in _curve(entry):
+            trial.report(value, step)
+        if entry["status"] == "done":
+            study.tell(trial, entry["value"])
         else:
-            study.tell(number, state=optuna.trial.TrialState.FAIL)
-
-
-def _dists(cp: CellPlan) -> dict[str, optuna.distributions.BaseDistribution]:
-    return {k: optuna.distributions.CategoricalDistribution(v) for k, v in cp.space.items()}
+            study.tell(trial, state=STATES[entry["status"]])
 
 
 def _cell_of(plan: SweepPlan, key: str) -> Any:

@@ -195,6 +195,28 @@ class Tracker:
     def artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    @guarded
+    def model(self, run_id: str, backbone: str, suite: str, source: Path, card: dict[str, Any]) -> bool:
+        """The merged weights in ``source`` as the run's MLflow model (:mod:`alorectl.tracking.models`)."""
+        from .models import log_model
+
+        return log_model(self.client, run_id, backbone, suite, source, card)
+
+    @guarded
+    def register_best(self, candidates: list[dict[str, Any]]) -> list[Any]:
+        """Per (backbone, task), the candidate with the best val accuracy that has a model, registered."""
+        from .models import has_model, register
+
+        done = []
+        for key in dict.fromkeys((c["backbone"], c["task"]) for c in candidates):
+            ranked = sorted((c for c in candidates if (c["backbone"], c["task"]) == key and c.get("mlflow_run_id")
+                             and c.get("val_acc") is not None), key=lambda c: -c["val_acc"])
+            best = next((c for c in ranked if has_model(self.client, c["mlflow_run_id"])), None)
+            if best is not None:
+                done.append(register(self.client, *key, best["mlflow_run_id"], best["val_acc"],
+                                     tags={"method": best["method"], "sweep": str(best.get("sweep", ""))}))
+        return done
+
 
 HISTORY = {"train_loss": "train_loss", "train_acc": "train_acc", "val_acc": "val_acc", "test_acc": "test_acc",
            "lr": "lr_now", "images_per_s": "images_per_s"}

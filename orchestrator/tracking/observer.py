@@ -95,9 +95,10 @@ class Background:
 
 class Track:
     def __init__(self, tracker: Tracker, plan: SweepPlan, warn: Callable[[str], None],
-                 simulated: bool = False) -> None:
+                 simulated: bool = False, workdir: Path | None = None) -> None:
         self.tracker, self.plan, self.warn, self.simulated = tracker, plan, warn, simulated
         self.marks = {SIMULATED_TAG: "1"} if simulated else {}
+        self.workdir = workdir  # where the sweep's Optuna studies are (pictures of each cell's search)
         self.several_backbones = len({cp.cell.backbone for cp in plan.cells}) > 1
         self.down_until = 0.0
         self._experiment: str | None = None
@@ -124,6 +125,11 @@ class Track:
     def cell(self, result: CellResult) -> str | None:
         """Complete the cell's run (result, chosen config, final files); its run id, or None if left pending."""
         return self._guard(result.cell.key, lambda: self._cell(result))
+
+    def register_best(self, engine: Any) -> list[Any] | None:
+        """The sweep's best method per (backbone, task) by val200 in MLflow's registry (alias ``best``)."""
+        rows = [{**r, "sweep": self.plan.name} for r in db.results_of(engine, self.plan.name)]
+        return self._guard("the model registry", lambda: self.tracker.register_best(rows))
 
     def leaderboard(self, engine: Any, backbone: str, suite: str) -> bool:
         done = self._guard(f"the {backbone} leaderboard", lambda: self._leaderboard(engine, backbone, suite))
@@ -184,8 +190,31 @@ class Track:
                                   "params_m": r.trainable_params / 1e6})
         if r.artifact_dir is not None and Path(r.artifact_dir).is_dir():
             self.tracker.artifacts(parent, Path(r.artifact_dir), "final")
+            self.tracker.model(parent, r.cell.backbone, r.suite, Path(r.artifact_dir),
+                               {**r.cell.as_dict(), "sweep": self.plan.name, "val_acc": r.val_acc,
+                                "test_acc": r.test_acc_mean, "suite": r.suite})
+        self._pictures(parent, r.cell)
         self.tracker.complete(parent)
         return parent
+
+    def _pictures(self, run_id: str, cell: Cell) -> None:
+        """Parameter importance and parallel coordinates of the cell's search (its Optuna study) under ``search/``;
+        a cell with fewer than 3 complete search trials has none. Drawing never fails the sweep: a warning."""
+        from alorectl.results import pictures
+        from alorectl.sweep import studies
+
+        storage = studies.open_journal(self.workdir, create=False) if self.workdir else None
+        if storage is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="alore-search-") as tmp:
+            try:
+                study = studies.load(storage, self.plan.name, cell.backbone, cell.task, cell.method)
+                files = pictures.draw(study, Path(tmp))
+            except Exception as err:  # a study or a picture that could not be drawn
+                self.warn(f"pictures of {cell.key}'s search not drawn ({type(err).__name__}: {err})")
+                return
+            if files:
+                self.tracker.artifacts(run_id, Path(tmp), "search")
 
     def _leaderboard(self, engine: Any, backbone: str, suite: str) -> bool:
         """One run per method, updated in place as results arrive: the runs table is the paper's table 2."""
