@@ -17,11 +17,12 @@ from alore.errors import ConfigError, UnknownChoiceError
 from alorectl.sweep import plan as planning
 from alorectl.sweep import preset as presets
 from alorectl.sweep.driver import Hooks, Settings, make_plan, run_sweep
+from alorectl.sweep.preflight import check_seeds
 from alorectl.sweep.timing import timing
 from alorectl.tracking.client import split_credentials
 from alorectl.tracking.links import VIEW_ID, experiment_url
 
-from .app import App, OneLineGroup, console, print_json, split_csv
+from .app import App, OneLineGroup, console, print_json, resume_hint, split_csv
 from alorectl.results.render import print_board
 from .results import open_results
 from .options import DEFAULT_WORKDIR, Address, DbUrl, TrackingUri, Workdir
@@ -53,6 +54,7 @@ def apply_flags(p: presets.Preset, **flags: Any) -> presets.Preset:
             changes["seeds"] = [int(s) for s in split_csv(flags["seeds"])]
         except ValueError:
             raise ConfigError(f"--seeds must be comma-separated integers, got {flags['seeds']!r}") from None
+        check_seeds(changes["seeds"])
     if flags.get("weights"):
         pairs = split_csv(flags["weights"])
         backbones = changes.get("backbones", p.backbones)
@@ -103,6 +105,8 @@ def sweep_run(
     db_flag: DbUrl = None,
     workdir: Workdir = DEFAULT_WORKDIR,
     sweep_name: Annotated[str | None, typer.Option("--name", help="sweep name (default: the preset's)")] = None,
+    force_new: Annotated[bool, typer.Option(
+        "--force-new", help="replace a sweep recorded under this name (its rows and Tune folder) and start afresh")] = False,
 ) -> None:
     """Run a sweep of ALoRE and baselines: search on val200, final runs on test, MLflow + leaderboard."""
     if max_concurrent_trials is not None and max_concurrent_trials < 1:
@@ -117,7 +121,7 @@ def sweep_run(
     settings = Settings.embedded(sweep_name or p.name, workdir, tracking_uri, db_flag, address, max_concurrent_trials)
     if dry_run:
         return show_plan(p, settings, gpus or 1)
-    execute(p, settings, resume=False)
+    execute(p, settings, resume=False, force_new=force_new)
 
 
 @app.command("resume")
@@ -203,7 +207,7 @@ def show_plan(p: presets.Preset, settings: Settings, gpus: int) -> None:
                   f"(cells in flight at once, costliest first; occupancy {work / (gpus * span):.0%})", highlight=False)
 
 
-def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
+def execute(p: presets.Preset, settings: Settings, resume: bool, force_new: bool = False) -> None:
     console.print(f"[bold]sweep {settings.name}[/]: {', '.join(p.backbones)} × {len(p.tasks)} tasks × "
                   f"{', '.join(p.methods)}; workdir {escape(str(settings.workdir))}", highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -243,7 +247,8 @@ def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
         links: dict[str, str] = {}
         hooks = Hooks(on_step=step, on_plan=planned, on_trial_start=trial_start, on_trial_done=trial_done,
                       on_cell_done=cell_done, on_warning=warning, on_links=links.update)
-        run_sweep(p, settings, hooks, resume=resume)
+        with resume_hint(settings.name):
+            run_sweep(p, settings, hooks, resume=resume, force_new=force_new)
     engine = db.connect(settings.db_url)
     for backbone in p.backbones:
         print_board(console, engine, backbone, p.suite)
