@@ -35,12 +35,13 @@ from alorectl.db.lookup import find_result, result_backbones, result_suites, res
 from alorectl.db.session import Bind, connect, open_existing, sessions
 from alorectl.db.status import SweepStatus, TrialRow, results_of, sweep_config, sweep_names, sweep_status, sweep_trials
 from alorectl.db.urls import mask_url, parse_db_url
-from alorectl.db.writes import (record_result, record_trial, set_cell_status, set_result_run, set_sweep_status, upsert_cell,
+from alorectl.db.writes import (delete_sweep, record_result, record_trial, set_cell_status, set_result_run, set_sweep_status, upsert_cell,
                        upsert_sweep)
 
 __all__ = [
     "Bind",
     "DatabaseError",
+    "delete_sweep",
     "DatabaseNotFoundError",
     "DatabaseURLError",
     "DatabaseUnavailableError",

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from alorectl.db.models import (
@@ -74,6 +74,13 @@ def set_sweep_status(bind: Bind, sweep_id: int, status: str) -> None:
     """Mark a sweep pending/running/done/failed/interrupted."""
     _check("sweep status", status, SWEEP_STATUSES)
     _update(bind, Sweep, sweep_id, {"status": status, "updated_at": utcnow()})
+
+
+def delete_sweep(bind: Bind, name: str) -> bool:
+    """Remove the sweep ``name`` with its cells, trials and results (``sweep run --force-new``); False when
+    there was none. One statement: the foreign keys cascade, nothing is left half-deleted."""
+    with write_scope(bind) as conn:
+        return conn.execute(delete(Sweep.__table__).where(Sweep.__table__.c.name == name)).rowcount > 0
 
 
 def upsert_cell(

@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,6 +142,54 @@ def recorded_and_out_taken(tmp: Path) -> None:
     (tmp / "out").mkdir()
     (tmp / "out" / "notes.txt").write_text("mine")
 
+
+
+def recorded_other_methods(tmp: Path) -> None:
+    """The sweep 'p' (the name the table's preset file gives) recorded with other methods than the row's."""
+    engine = db.connect(db_url(tmp))
+    try:
+        sweep = db.upsert_sweep(engine, "p", preset="p", suite="vtab", status="failed",
+                                config={"methods": ["alore"], "suite": "vtab"})
+        db.upsert_cell(engine, sweep, "demo", "digits", "alore", status="failed")
+    finally:
+        engine.dispose()
+    (tmp / "locks").mkdir(mode=0o700)
+    (tmp / "locks" / "p.lock").write_text("1\n")  # left by the driver that recorded it
+
+
+def truncated_weights(tmp: Path, demo: Path) -> None:
+    data = (demo / "demo.safetensors").read_bytes()
+    (tmp / "trunc.safetensors").write_bytes(data[: len(data) // 2])  # an interrupted copy
+
+
+def corrupt_first_image(tmp: Path, demo: Path) -> None:
+    """A copy of the digits task whose first training image is cut short."""
+    shutil.copytree(demo / "vtab-1k" / "digits", tmp / "bad" / "digits")
+    first = (tmp / "bad" / "digits" / "train800.txt").read_text().split()[0]
+    image = tmp / "bad" / "digits" / first
+    image.write_bytes(image.read_bytes()[:40])
+
+
+def readonly_leaderboard(tmp: Path) -> None:
+    recorded(tmp)
+    Path(db_url(tmp).removeprefix("sqlite:///")).chmod(0o444)
+
+
+def corrupt_mlflow_store(tmp: Path) -> None:
+    (tmp / "mlflow.db").write_bytes(b"not an SQLite file at all, 48 bytes of nonsense")
+
+
+def not_ray() -> str:
+    """A port on 127.0.0.1 that accepts connections (the kernel completes them) and never answers: not Ray."""
+    global _LISTENER
+    if _LISTENER is None:
+        _LISTENER = socket.socket()
+        _LISTENER.bind(("127.0.0.1", 0))
+        _LISTENER.listen(8)
+    return f"127.0.0.1:{_LISTENER.getsockname()[1]}"
+
+
+_LISTENER: socket.socket | None = None
 
 
 ROWS = [
@@ -260,6 +310,38 @@ ROWS = [
     Row("sweep-db-raw-at-in-password", [*SWEEP, "--db", PG.format("pa@ss")],
         "database URL 'postgresql+psycopg://alice:***@127.0.0.1:1/alore' has a raw '@' in its user or password; "
         "percent-encode it as %40", preset={}, absent=("pa@", "ss@")),
+    # alorectl sweep: a rerun under a recorded name continues its plan or is refused (issue 20, theme 1)
+    Row("sweep-rerun-other-inputs", SWEEP,
+        ("sweep 'p' was recorded with other inputs (methods: ['alore'] -> ['linear'])", "--name NEW",
+         "--force-new"), preset={}, setup=recorded_other_methods),
+    # alorectl sweep: impossible requests and broken files, refused before Ray starts (theme 2)
+    Row("sweep-gpus-none-here", [*SWEEP, "--gpus-per-trial", "64"], ("--gpus-per-trial 64 but this machine has",
+                                                                     "a trial could never start"), preset={}),
+    Row("sweep-cpus-too-many", [*SWEEP, "--cpus-per-trial", "4096"],
+        ("--cpus-per-trial 4096 is more than this machine's", "CPUs"), preset={}),
+    Row("sweep-seeds-twice", [*SWEEP, "--seeds", "42,42"], "seed 42 is given twice in seeds [42, 42]", preset={}),
+    Row("sweep-weights-truncated", SWEEP, ("trunc.safetensors is not a valid safetensors weights file",),
+        preset={"weights": {"demo": "{tmp}/trunc.safetensors"}}, setup=truncated_weights),
+    Row("sweep-image-corrupt", SWEEP, ("task digits:", "cannot decode image", "alorectl data check --root {tmp}/bad"),
+        preset={"data_root": "{tmp}/bad"}, setup=corrupt_first_image),
+    Row("sweep-tracking-ftp", [*SWEEP, "--tracking-uri", "ftp://host/mlruns"],
+        "unsupported tracking URI scheme 'ftp' in 'ftp://host/mlruns'; valid choices: http, https, sqlite",
+        preset={}),
+    Row("sweep-tracking-file-store", [*SWEEP, "--tracking-uri", "file://{tmp}/mlruns"],
+        ("is an MLflow file store", "sqlite:///PATH/mlflow.db"), preset={}),
+    Row("sweep-ray-client-missing", [*SWEEP, "--address", "ray://127.0.0.1:10001"],
+        ("uses Ray Client, which is not installed here", "pip install 'ray[client]'"), preset={}),
+    Row("sweep-address-not-ray", [*SWEEP, "--address", "{not_ray}"],
+        ("{not_ray} answers but is not a Ray cluster",), preset={}),
+    # alorectl sweep: stores it cannot write or read (theme 3)
+    Row("sweep-leaderboard-read-only", SWEEP, ("leaderboard.db is read-only", "make it writable"), preset={},
+        setup=readonly_leaderboard),
+    Row("sweep-mlflow-store-corrupt", SWEEP, ("mlflow.db is not an SQLite database",), preset={},
+        setup=corrupt_mlflow_store),
+    Row("leaderboard-plot-suffix", [*BOARD, "--backbone", "demo", "--plot", "{tmp}/p.gif"],
+        "unknown --plot file type '.gif'; valid choices: .pdf, .png, .svg", setup=recorded),
+    Row("leaderboard-plot-folder", [*BOARD, "--backbone", "demo", "--plot", "{tmp}/run.png"],
+        "--plot {tmp}/run.png is a folder", setup=lambda tmp: (tmp / "run.png").mkdir()),
     # reading commands on a work folder where no sweep ran
     Row("leaderboard-nothing-recorded", [*BOARD, "--backbone", "demo"], NO_SWEEP),
     Row("export-nothing-recorded", [*EXPORT, "--task", "digits"], NO_SWEEP),
@@ -340,9 +422,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(row: Row, demo_dir, tmp
     work.mkdir()
     (work / "a-file").write_text("not a folder")
     values = {"data": demo_dir / "vtab-1k", "demo_w": demo_dir / "demo.safetensors", "out": work / "out",
-              "tmp": work, "file": work / "a-file"}
+              "tmp": work, "file": work / "a-file", "not_ray": not_ray() if "{not_ray}" in row.argv else ""}
     if row.setup:
-        row.setup(work)
+        row.setup(*(work, demo_dir)[: row.setup.__code__.co_argcount])
     if row.preset is not None:
         (work / "p.yaml").write_text(yaml.safe_dump(fill({**GOOD_PRESET, **row.preset}, values)))
     monkeypatch.chdir(work)

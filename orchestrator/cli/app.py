@@ -17,6 +17,8 @@ from alore.errors import AloreError
 from alorectl.db.errors import DatabaseError
 from alorectl.db.urls import mask_text
 
+from . import faults
+
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -33,6 +35,14 @@ def user_errors(fn: Callable) -> Callable:
             fn(*args, **kwargs)  # a command's return value is never its exit code (as with plain Click)
         except (AloreError, DatabaseError) as err:
             fail(str(err))
+        except (KeyboardInterrupt, faults.Interrupted) as err:
+            print_error(str(err) or "interrupted")
+            raise typer.Exit(faults.INTERRUPTED) from None
+        except Exception as err:  # a full disk, a read-only or corrupt database: one line; a bug keeps its trace
+            line = faults.describe(err)
+            if line is None:
+                raise
+            fail(line)
 
     return wrapper
 
@@ -40,6 +50,9 @@ def user_errors(fn: Callable) -> Callable:
 def fail(message: str) -> None:
     print_error(message)
     raise typer.Exit(USER_ERROR)
+
+
+resume_hint = faults.resume_hint
 
 
 def print_error(message: str) -> None:

@@ -25,7 +25,7 @@ from alorectl import db
 from alore.backbones import create_backbone, data_config, resolve
 from alore.data import SUITES
 from alore.api import mergeable_methods
-from alore.errors import AloreError, UnknownChoiceError
+from alore.errors import AloreError, ConfigError, UnknownChoiceError
 from alorectl.results.export import timm_preprocessing
 from alorectl.results.leaderboard import build, check_choices
 
@@ -73,6 +73,8 @@ def leaderboard(
         raise UnknownChoiceError("format", fmt, FORMATS)
     if suite not in SUITES:  # typed values first, before the database is even looked for
         raise UnknownChoiceError("suite", suite, SUITES)
+    if plot is not None:
+        check_plot_path(plot)
     with open_results(workdir, db_flag) as engine:
         check_choices(engine, backbone, suite, simulated)
         board = build(engine, backbone, suite, simulated)
@@ -93,6 +95,21 @@ def leaderboard(
         draw(board, plot, backbone)
 
 
+PLOT_SUFFIXES = (".pdf", ".png", ".svg")
+
+
+def check_plot_path(path: Path) -> None:
+    """``--plot`` names a new or existing file of a format we draw, in a folder we can write."""
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise UnknownChoiceError("--plot file type", path.suffix or path.name, PLOT_SUFFIXES)
+    if path.is_dir():
+        raise ConfigError(f"--plot {path} is a folder; pass a file, e.g. {path / 'leaderboard.png'}")
+    folder = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"--plot {path}: cannot write there ({folder} is not a folder you can write); "
+                          "pass a writable FILE.png")
+
+
 def draw(board: Any, path: Path, backbone: str) -> None:
     import matplotlib
 
@@ -111,8 +128,12 @@ def draw(board: Any, path: Path, backbone: str) -> None:
     ax.set_ylabel("mean top-1 accuracy (%)")
     ax.set_title(f"Accuracy vs parameters, {backbone}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    except OSError as err:
+        raise ConfigError(f"cannot write the plot to {path}: {err.strerror or err}; pass --plot a writable "
+                          "FILE.png") from None
     console.print(f"plot written to {path}", highlight=False, markup=False)
 
 

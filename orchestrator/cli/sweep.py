@@ -16,11 +16,12 @@ from alore.errors import ConfigError, UnknownChoiceError
 from alorectl.sweep import plan as planning
 from alorectl.sweep import preset as presets
 from alorectl.sweep.driver import Hooks, Settings, make_plan, run_sweep
+from alorectl.sweep.preflight import check_seeds
 from alorectl.sweep.timing import timing
 from alorectl.tracking.client import bare_uri
 from alorectl.tracking.links import VIEW_ID, experiment_url
 
-from .app import App, OneLineGroup, console, print_json, split_csv
+from .app import App, OneLineGroup, console, print_json, resume_hint, split_csv
 from alorectl.results.render import print_board
 from .results import open_results
 from .options import DEFAULT_WORKDIR, Address, DbUrl, TrackingUri, Workdir
@@ -52,6 +53,7 @@ def apply_flags(p: presets.Preset, **flags: Any) -> presets.Preset:
             changes["seeds"] = [int(s) for s in split_csv(flags["seeds"])]
         except ValueError:
             raise ConfigError(f"--seeds must be comma-separated integers, got {flags['seeds']!r}") from None
+        check_seeds(changes["seeds"])
     if flags.get("weights"):
         pairs = split_csv(flags["weights"])
         backbones = changes.get("backbones", p.backbones)
@@ -103,6 +105,8 @@ def sweep_run(
     warm_start_from: Annotated[list[str] | None, typer.Option(
         "--warm-start-from", help="an earlier sweep (repeatable): each cell's search starts from the best "
                                   "configurations of its task and method there, on any backbone")] = None,
+    force_new: Annotated[bool, typer.Option(
+        "--force-new", help="replace a sweep recorded under this name (its rows and Tune folder) and start afresh")] = False,
 ) -> None:
     """Run a sweep of ALoRE and baselines: search on val200, final runs on test, MLflow + leaderboard."""
     if max_concurrent_trials is not None and max_concurrent_trials < 1:
@@ -118,7 +122,7 @@ def sweep_run(
                                  warm_start_from=check_warm_start(workdir, warm_start_from or []))
     if dry_run:
         return show_plan(p, settings, gpus or 1)
-    execute(p, settings, resume=False)
+    execute(p, settings, resume=False, force_new=force_new)
 
 
 @app.command("resume")
@@ -222,7 +226,7 @@ def show_plan(p: presets.Preset, settings: Settings, gpus: int) -> None:
                   f"(cells in flight at once, costliest first; occupancy {work / (gpus * span):.0%})", highlight=False)
 
 
-def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
+def execute(p: presets.Preset, settings: Settings, resume: bool, force_new: bool = False) -> None:
     console.print(f"[bold]sweep {settings.name}[/]: {', '.join(p.backbones)} × {len(p.tasks)} tasks × "
                   f"{', '.join(p.methods)}; workdir {escape(str(settings.workdir))}", highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -258,7 +262,8 @@ def execute(p: presets.Preset, settings: Settings, resume: bool) -> None:
         links: dict[str, str] = {}
         hooks = Hooks(on_step=step, on_plan=planned, on_trial_start=trial_start, on_trial_done=trial_done,
                       on_cell_done=cell_done, on_warning=warning, on_links=links.update)
-        run_sweep(p, settings, hooks, resume=resume)
+        with resume_hint(settings.name):
+            run_sweep(p, settings, hooks, resume=resume, force_new=force_new)
     engine = db.connect(settings.db_url)
     fake = bool(db.sweep_config(engine, settings.name).get("simulated"))  # alorectl bench scale's sweeps
     for backbone in p.backbones:

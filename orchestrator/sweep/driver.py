@@ -24,12 +24,14 @@ from typing import Any
 
 from alorectl import db
 from alore.data import DEMO_TASKS, task_info, write_demo_dataset
+from alore.data.demo import MANIFEST as DEMO_MANIFEST
 from alore.errors import AloreError, DataError
 from alorectl.db.urls import mask_text, mask_url
 
 from alorectl import defaults, security
 from alorectl.bench import simulated as simulation
 from . import experiment as run
+from . import lock, preflight, replace
 from . import plan as planning
 from . import studies
 from .preset import Preset
@@ -89,7 +91,10 @@ def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True) -> tuple[P
     if not fetch:  # a plan only (--dry-run): nothing is read, fetched or written
         return root, {b: preset.weights.get(b) or (backbones.RANDOM if backbones.is_small_test(b) else
                                                    f"timm:{backbones.pretrained_tag(b)}") for b in preset.backbones}
-    demo = not root.exists() and preset.data_root.startswith("{workdir}") and all(t in DEMO_TASKS for t in preset.tasks)
+    # The demo's own data, made in the work folder: made again where a first preparation was cut short (the
+    # data and the demo backbone are each written atomically, and skipped when already complete).
+    demo = (preset.data_root.startswith("{workdir}") and all(t in DEMO_TASKS for t in preset.tasks)
+            and (not root.exists() or (root / DEMO_MANIFEST).is_file()))
     for b, given in preset.weights.items():  # before the demo writes anything: a file that is not there
         path = Path(fill(given)).expanduser()
         made_by_demo = demo and path.resolve() == (root.parent / "demo.safetensors").resolve()
@@ -280,24 +285,46 @@ class Driver:
 
 
 def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
-              resume: bool = False) -> list[CellResult]:
-    """Run (or, with ``resume`` or a name already recorded, continue) the sweep; the cells' results."""
+              resume: bool = False, force_new: bool = False) -> list[CellResult]:
+    """Run (or, with ``resume`` or a name already recorded, continue) the sweep; the cells' results.
+    ``force_new``: a sweep recorded under this name is replaced (:func:`replace.replace_sweep`)."""
     hooks = hooks or Hooks()
+    preflight.check_request(preset, settings.address, settings.tracking_uri, settings.db_url)  # before any file
     hooks.on_step("checking data and weights")
     plan = make_plan(preset, settings)
+    simulated = simulation.table() is not None  # alorectl bench scale: simulated trial bodies read no files
+    if not simulated:
+        preflight.check_inputs(plan)  # the files themselves: before Ray starts, before anything is written
     hooks.on_plan(plan)
     if settings.address:
         run.check_address(settings.address)  # seconds, and before anything is written
+        preflight.check_speaks_ray(settings.address)  # a port that answers but is not Ray: no hang
     if settings.db_url.startswith("sqlite") and not settings.workdir.exists():
         security.make_private(settings.workdir)  # owner-only from the start: the embedded database lives in it
     engine = db.connect(settings.db_url)
     recorded = settings.name in db.sweep_names(engine)
-    simulated = simulation.table() is not None  # alorectl bench scale: simulated trial bodies
     if recorded and bool(db.sweep_config(engine, settings.name).get("simulated")) != simulated:
         raise AloreError(f"sweep {settings.name!r} is " + ("simulated: only alorectl bench scale continues it"
                          if not simulated else "a real sweep: a simulation cannot continue it"))
+    if recorded and not force_new:  # the same plan continues; other inputs under this name are refused
+        preflight.check_same_plan(settings.name, db.sweep_config(engine, settings.name), preset)
     security.make_private(settings.workdir)
+    with lock.hold(settings.workdir, settings.name):  # one driver per name: refused at once while one runs
+        if force_new:  # its rows and its Tune folder (also one left without rows)
+            replace.replace_sweep(engine, settings.workdir, settings.name)
+            recorded = False
+        return _run_locked(preset, settings, hooks, plan, engine, resume, recorded, simulated)
+
+
+def _run_locked(preset: Preset, settings: Settings, hooks: Hooks, plan: planning.SweepPlan, engine: Any,
+                resume: bool, recorded: bool, simulated: bool) -> list[CellResult]:
     run.check_experiment(settings.workdir, settings.name, restore=resume or recorded)
+    if settings.address:  # a cluster's nodes are known once connected: none fits a trial -> one line, no row
+        hooks.on_step(f"connecting to the Ray cluster {settings.address}")
+        run.start_ray(settings.address, settings.workdir / "logs")
+        busy = preflight.check_cluster(preset.cpus_per_trial, preset.gpus_per_trial)
+        if busy:
+            hooks.on_warning(busy)
     sweep_config = {**preset.to_dict(), "tracking_uri": mask_text(settings.tracking_uri),
                     "db": mask_url(settings.db_url), "warm_start_from": list(settings.warm_start_from),
                     "weights_used": {b: _shown(w) for b, w in _weights(plan).items()},

@@ -21,8 +21,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,14 +33,13 @@ import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter
 
 from alore.errors import AloreError, first_line
 
 from alorectl.security import check_trusted, inside, make_private
 from .cadence import Policy, asha_rungs, expand
 from .plan import SweepPlan, TrialSpec
-from .searcher import METRIC, MODE, SweepSearcher
+from .searcher import METRIC, MODE, Limiter, Search, SweepSearcher
 
 RAY_DIR = "ray"  # <workdir>/ray/<sweep>: the one place the storage layout is spelled
 
@@ -178,6 +179,19 @@ class Events(tune.Callback):
     def __getstate__(self) -> dict[str, Any]:
         return {}
 
+    def setup(self, **info: Any) -> None:
+        """Tune has installed its Ctrl-C handler (it stops the run and saves the experiment's state, then
+        returns from ``fit`` as if the run had ended): noted here, so that :func:`fit` can say it was
+        interrupted instead of the sweep reading as cells that failed."""
+        tunes = signal.getsignal(signal.SIGINT)
+        if callable(tunes) and threading.current_thread() is threading.main_thread():
+            def noted(signum: int, frame: Any) -> None:
+                global INTERRUPTED
+                INTERRUPTED = True
+                tunes(signum, frame)
+
+            signal.signal(signal.SIGINT, noted)
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if RECEIVER is not None:
             RECEIVER.started(trial)
@@ -197,6 +211,7 @@ class Events(tune.Callback):
 
 
 RECEIVER: Any = None
+INTERRUPTED = False  # Ctrl-C during fit (see Events.setup)
 
 
 def _last_line(path: str | None) -> str | None:
@@ -241,7 +256,7 @@ def tuner(plan: SweepPlan, workdir: Path, *, cpus_per_trial: float, gpus_per_tri
     scheduler = (ASHAScheduler(metric=METRIC, mode=MODE, max_t=epochs, grace_period=grace,
                                reduction_factor=2, time_attr="epoch") if plan.scheduler == "asha" else FIFOScheduler())
     # No metric on the TuneConfig: final runs score test, not val200, and the searcher and ASHA know theirs.
-    config = tune.TuneConfig(search_alg=ConcurrencyLimiter(SweepSearcher(plan), limit),
+    config = tune.TuneConfig(search_alg=Search(Limiter(SweepSearcher(plan), limit)),
                              scheduler=scheduler, num_samples=plan.total_trials, reuse_actors=True,
                              trial_dirname_creator=trial_dirname,
                              trial_name_creator=lambda t: TrialSpec.from_config(t.config).dirname)
@@ -266,12 +281,14 @@ def trial_body(policy: Policy) -> Any:
 
 
 def fit(t: tune.Tuner, receiver: Any) -> None:
-    global RECEIVER
-    RECEIVER = receiver
+    global RECEIVER, INTERRUPTED
+    RECEIVER, INTERRUPTED = receiver, False
     try:
         t.fit()
     finally:
         RECEIVER = None
+    if INTERRUPTED:  # Tune saved the state and returned: an interruption, not an end
+        raise KeyboardInterrupt
 
 
 def history(folder: Path) -> list[dict[str, Any]]:

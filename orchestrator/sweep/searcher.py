@@ -34,7 +34,7 @@ import zlib
 from typing import Any
 
 import optuna
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
 from . import studies
 from .plan import FINAL, SEARCH, CellPlan, SweepPlan, TrialSpec
@@ -103,6 +103,7 @@ class SweepSearcher(Searcher):
         entry = st["search" if phase == SEARCH else "finals"][index]
         value = (result or {}).get(METRIC)
         entry["status"] = "failed" if error or (phase == SEARCH and value is None) else "done"
+        entry["error"] = bool(error)  # errored: Tune retries it on resume (``resume_errored``)
         if phase == SEARCH:
             cp = self.plan.cell(_cell_of(self.plan, key))
             entry["value"] = None if error else value
@@ -125,6 +126,17 @@ class SweepSearcher(Searcher):
         with open(checkpoint_path) as f:
             self.state = json.load(f)
         self._studies, self._asked, self._synced = {}, {}, set()
+        self._retry_errored()
+
+    def _retry_errored(self) -> None:
+        """A restore retries what failed for a reason that may since have been fixed (data, disk, OOM): Tune
+        reruns every errored trial (``resume_errored``), so their entries are running again, and a cell's
+        "failed" flag is cleared to be decided anew from what the retried trials report."""
+        for st in self.state["cells"].values():
+            for entry in (*st["search"], *st["finals"]):
+                if entry["status"] == "failed" and entry.get("error", True):
+                    entry["status"] = "running"
+            st["failed"] = None
 
     # ---- what the driver may ask ------------------------------------------------------------------
 
@@ -251,6 +263,27 @@ class SweepSearcher(Searcher):
             study.tell(trial, entry["value"])
         else:
             study.tell(trial, state=STATES[entry["status"]])
+
+
+class Limiter(ConcurrencyLimiter):
+    """Tune's ConcurrencyLimiter, except that a trial it no longer counts as live (it errored before a
+    restore, and Tune reruns it with ``resume_errored``) still reaches the searcher when it completes: the
+    plain limiter drops that event, and the cell would wait for the retried trial for ever."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.live_trials or not self._limit_concurrency:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+
+class Search(SearchGenerator):
+    """Tune's wrapper of a Searcher, except that a restored experiment does not keep its "finished" flag.
+    Tune sets it once the searcher said FINISHED (every cell done or failed); kept, a resumed sweep would
+    never ask again, and a cell whose failed trials are retried (:meth:`SweepSearcher.restore`) would
+    never get its final runs. The searcher says FINISHED again at once when nothing is left."""
+
+    def set_state(self, state: dict) -> None:
+        super().set_state({**state, "finished": False})
 
 
 def _cell_of(plan: SweepPlan, key: str) -> Any:

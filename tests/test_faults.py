@@ -1,0 +1,182 @@
+"""Drills: faults a sweep meets on a real cluster, on real local Ray, a real MLflow store and a real SQLite
+leaderboard. Each drill breaks something the way it breaks in practice and checks the sweep's way out.
+
+- fix-and-resume: one image of the task is corrupt, so every search trial fails and the cell fails; the image
+  is repaired and ``sweep resume`` finishes the cell under its own name.
+- second driver refused: a second ``sweep run`` of a name that is running is refused in one line, and the
+  first finishes undisturbed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from alorectl.cli import app
+
+runner = CliRunner()
+
+PRESET = {
+    "suite": "vtab",
+    "data_root": "{workdir}/data/vtab-1k",
+    "weights": {"demo": "{workdir}/data/demo.safetensors"},
+    "backbones": ["demo"],
+    "tasks": ["digits"],
+    "methods": ["linear"],
+    "search": {"algorithm": "optuna", "trials": 1, "scheduler": "fifo"},
+    "space": {"lr": [0.01], "weight_decay": [0.001], "dropout": [0.0]},
+    "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 32},
+    "final": {"seeds": [42]},
+    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+}
+
+
+def work_folder(demo_dir: Path, root: Path) -> tuple[Path, Path]:
+    """A work folder with its own copy of the digits task and the demo backbone (the drill breaks the copy),
+    and the preset file."""
+    work = root / "work"
+    (work / "data" / "vtab-1k").mkdir(parents=True)
+    work.chmod(0o700)
+    shutil.copytree(demo_dir / "vtab-1k" / "digits", work / "data" / "vtab-1k" / "digits")
+    shutil.copy(demo_dir / "demo.safetensors", work / "data" / "demo.safetensors")
+    preset = root / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(PRESET))
+    return work, preset
+
+
+def cell_status(work: Path, sweep: str) -> list[tuple[str, str]]:
+    with sqlite3.connect(work / "leaderboard.db") as conn:
+        return conn.execute("SELECT s.status, c.status FROM cell c JOIN sweep s ON s.id = c.sweep_id "
+                            "WHERE s.name = ?", (sweep,)).fetchall()
+
+
+@pytest.mark.slow
+def test_fix_and_resume_finishes_the_cell_under_its_own_name(demo_dir, tmp_path) -> None:
+    import ray
+
+    work, preset = work_folder(demo_dir, tmp_path)
+    task = work / "data" / "vtab-1k" / "digits"
+    # Not the first image of a split: the checks before Ray starts decode one image per split, the trial all.
+    second = (task / "train800.txt").read_text().splitlines()[1].split()[0]
+    image = task / second
+    good = image.read_bytes()
+    image.write_bytes(good[: len(good) // 3])  # a truncated copy, as an interrupted rsync leaves it
+    try:
+        failed = runner.invoke(app, ["sweep", "run", str(preset), "--workdir", str(work), "--name", "tiny"])
+        assert failed.exit_code != 0, failed.output
+        assert "every search trial failed" in failed.output
+        assert cell_status(work, "tiny") == [("failed", "failed")]
+
+        image.write_bytes(good)  # repaired
+        resumed = runner.invoke(app, ["sweep", "resume", "tiny", "--workdir", str(work)])
+        assert resumed.exit_code == 0, resumed.output
+        assert "done demo/digits/linear" in resumed.output
+        assert cell_status(work, "tiny") == [("done", "done")]
+        status = runner.invoke(app, ["sweep", "status", "tiny", "--workdir", str(work)])
+        assert status.exit_code == 0 and "tiny (done)" in status.output and "0 left" in status.output, status.output
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_second_driver_of_a_running_sweep_is_refused_and_the_first_finishes(demo_dir, tmp_path) -> None:
+    work, preset = work_folder(demo_dir, tmp_path)
+    argv = ["sweep", "run", str(preset), "--workdir", str(work), "--name", "tiny"]
+    first = subprocess.Popen([sys.executable, "-m", "alorectl.cli", *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        lock = work / "locks" / "tiny.lock"
+        for _ in range(3000):  # until the first driver holds the name (it writes its pid once it does)
+            if first.poll() is not None or (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+                break
+            time.sleep(0.1)
+        assert first.poll() is None, "the first driver is still running"
+        second = runner.invoke(app, argv)
+        assert second.exit_code == 2, second.output
+        assert f"error: sweep 'tiny' is already running, pid {first.pid}" in second.stderr
+        assert "Traceback" not in second.output
+        out, _ = first.communicate(timeout=900)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, out
+    assert cell_status(work, "tiny") == [("done", "done")]
+    trials = sorted(p.name for p in (work / "ray" / "tiny").iterdir() if p.is_dir())
+    assert trials == ["demo__digits__linear__final-s42", "demo__digits__linear__search-00"], trials
+
+
+def test_force_new_replaces_only_that_sweep_and_leaves_nothing_half_done(tmp_path) -> None:
+    """``sweep run --force-new``'s replacement: the sweep's rows (cells, trials, results cascade) and its Tune
+    folder go; another sweep's rows and folder, and a folder whose name only starts alike, stay."""
+    from alorectl import db
+    from alorectl.defaults import db_url
+    from alorectl.sweep.replace import replace_sweep
+
+    engine = db.connect(db_url(tmp_path))
+    try:
+        for name in ("tiny", "tiny-2"):
+            sweep = db.upsert_sweep(engine, name, preset="p", suite="vtab", status="failed")
+            cell = db.upsert_cell(engine, sweep, "demo", "digits", "linear", status="failed")
+            db.record_trial(engine, cell, "search-00", protocol="search", status="failed")
+            (tmp_path / "ray" / name / "demo__digits__linear__search-00").mkdir(parents=True)
+        (tmp_path / "ray" / ".replaced-tiny-2-123").mkdir()  # another sweep's leftover: not ours to remove
+        replace_sweep(engine, tmp_path, "tiny")
+        assert db.sweep_names(engine) == ["tiny-2"]
+        assert [t.trial_key for t in db.sweep_trials(engine, "tiny-2")] == ["search-00"]
+    finally:
+        engine.dispose()
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == [".replaced-tiny-2-123", "tiny-2"]
+
+
+def _one_line(argv: list[str]) -> tuple[int, str]:
+    """Run a command of a small app built like alorectl's (the same wrapper at the command boundary)."""
+    from alorectl.cli.app import App
+
+    tool = App()
+
+    @tool.command("disk")
+    def disk() -> None:
+        with open("/dev/full", "w") as f:  # the kernel's full disk: every write fails with ENOSPC
+            f.write("x")
+            f.flush()
+
+    @tool.command("alloc")
+    def alloc() -> None:
+        import torch
+
+        torch.empty(10**13)  # 40 TB: refused by the allocator at once, as --option rank=100000000 is
+
+    @tool.command("stop")
+    def stop() -> None:
+        raise KeyboardInterrupt
+
+    result = runner.invoke(tool, argv)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return result.exit_code, lines[0]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_is_one_line_naming_it() -> None:
+    # The write's error names no file (a flush): the line says what it knows.
+    assert _one_line(["disk"]) == (2, "error: disk full; free space")
+
+
+def test_an_allocation_that_cannot_be_made_is_one_line() -> None:
+    code, line = _one_line(["alloc"])
+    assert code == 2 and line.startswith("error: out of memory:") and "lower it" in line
+
+
+def test_ctrl_c_exits_130_in_one_line() -> None:
+    assert _one_line(["stop"]) == (130, "error: interrupted")
