@@ -319,7 +319,6 @@ ROWS = [
                                                                      "a trial could never start"), preset={}),
     Row("sweep-cpus-too-many", [*SWEEP, "--cpus-per-trial", "4096"],
         ("--cpus-per-trial 4096 is more than this machine's", "CPUs"), preset={}),
-    Row("sweep-seeds-twice", [*SWEEP, "--seeds", "42,42"], "seed 42 is given twice in seeds [42, 42]", preset={}),
     Row("sweep-weights-truncated", SWEEP, ("trunc.safetensors is not a valid safetensors weights file",),
         preset={"weights": {"demo": "{tmp}/trunc.safetensors"}}, setup=truncated_weights),
     Row("sweep-image-corrupt", SWEEP, ("task digits:", "cannot decode image", "alorectl data check --root {tmp}/bad"),

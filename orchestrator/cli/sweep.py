@@ -16,7 +16,6 @@ from alore.errors import ConfigError, UnknownChoiceError
 from alorectl.sweep import plan as planning
 from alorectl.sweep import preset as presets
 from alorectl.sweep.driver import Hooks, Settings, make_plan, run_sweep
-from alorectl.sweep.preflight import check_seeds
 from alorectl.sweep.timing import timing
 from alorectl.tracking.client import bare_uri
 from alorectl.tracking.links import VIEW_ID, experiment_url
@@ -53,7 +52,6 @@ def apply_flags(p: presets.Preset, **flags: Any) -> presets.Preset:
             changes["seeds"] = [int(s) for s in split_csv(flags["seeds"])]
         except ValueError:
             raise ConfigError(f"--seeds must be comma-separated integers, got {flags['seeds']!r}") from None
-        check_seeds(changes["seeds"])
     if flags.get("weights"):
         pairs = split_csv(flags["weights"])
         backbones = changes.get("backbones", p.backbones)

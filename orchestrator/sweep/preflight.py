@@ -34,8 +34,7 @@ TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql")
 
 def check_request(preset: Preset, address: str | None, tracking_uri: str, db_url: str) -> None:
     """What the request asks for, before any file is read or written: seeds, tracking URI, Ray address,
-    resources per trial on the embedded Ray's machine, SQLite stores we can read and write."""
-    check_seeds(preset.seeds)
+    resources per trial on the embedded Ray's machine (repeated seeds: the preset's rule), SQLite stores we can read and write."""
     check_tracking_uri(tracking_uri)
     check_sqlite_file(db_url, "--db")
     check_sqlite_file(tracking_uri, "--tracking-uri")
@@ -49,13 +48,6 @@ def check_inputs(plan: SweepPlan) -> None:
     """The plan's files: weights and data, as ``train`` checks them before it writes."""
     check_weights(plan)
     check_data(plan)
-
-
-def check_seeds(seeds: list[int]) -> None:
-    twice = sorted({s for s in seeds if seeds.count(s) > 1})
-    if twice:
-        raise ConfigError(f"seed {twice[0]} is given twice in seeds {seeds}; each final run needs its own seed "
-                          f"(e.g. --seeds {','.join(str(s) for s in dict.fromkeys(seeds))})")
 
 
 def check_tracking_uri(uri: str) -> None:
