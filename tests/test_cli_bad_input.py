@@ -9,7 +9,8 @@ escapes, passwords, pickles, Ray.
 
 Placeholders in ``argv``, ``fragment`` and ``preset``: ``{data}`` the demo VTAB root, ``{demo_w}`` the demo
 backbone's weights, ``{out}`` an output folder in the work folder, ``{tmp}`` the fresh work folder (also the
-current directory, so default relative paths land there too), ``{file}`` an existing plain file.
+current directory, so default relative paths land there too), ``{file}`` an existing plain file, ``{busy}`` a
+port that another server listens on (127.0.0.1).
 ``setup`` is a function above the table that prepares the work folder before the snapshot (a corrupt
 checkpoint, a recorded result, ...). ``preset`` is written to ``{tmp}/p.yaml``: :data:`GOOD_PRESET` with
 the row's keys replaced. ``absent``: text (a password) that must appear nowhere in the output (a real
@@ -25,7 +26,7 @@ import os
 import pickle
 import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,10 @@ def studies_of_other(tmp: Path) -> None:
     from alorectl.sweep.studies import open_journal
 
     optuna.create_study(study_name="other/demo/digits/alore", storage=open_journal(tmp), direction="maximize")
+
+
+def mlflow_store(tmp: Path) -> None:
+    (tmp / "mlflow.db").write_bytes(b"")  # where `alorectl ui` looks for the store; never opened here
 
 
 def recorded_and_out_taken(tmp: Path) -> None:
@@ -394,6 +399,8 @@ ROWS = [
     Row("ui-port-0", ["ui", "--port", "0"], ("--port 0", "1-65535"), subprocess=True),
     Row("ui-port-not-int", ["ui", "--port", "abc"], ("Invalid value for '--port'", "(got 'abc')"), subprocess=True),
     Row("ui-no-store", ["ui", "--workdir", "{tmp}/work"], ("no MLflow store", "{tmp}/work"), subprocess=True),
+    Row("ui-port-in-use", ["ui", "--workdir", "{tmp}", "--port", "{busy}"],
+        ("--port {busy} is already in use on 127.0.0.1", "pick a free one"), setup=mlflow_store, subprocess=True),
 ]
 
 
@@ -415,13 +422,24 @@ def fill(value: Any, values: dict[str, Path]) -> Any:
     return value
 
 
+@pytest.fixture(scope="module")
+def busy_port() -> Iterator[int]:
+    """A port somebody else's server listens on."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(row: Row, demo_dir, tmp_path, monkeypatch) -> None:
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(row: Row, demo_dir, tmp_path, monkeypatch,
+                                                         busy_port) -> None:
     work = tmp_path / "work"
     work.mkdir()
     (work / "a-file").write_text("not a folder")
     values = {"data": demo_dir / "vtab-1k", "demo_w": demo_dir / "demo.safetensors", "out": work / "out",
-              "tmp": work, "file": work / "a-file", "not_ray": not_ray() if "{not_ray}" in row.argv else ""}
+              "tmp": work, "file": work / "a-file", "not_ray": not_ray() if "{not_ray}" in row.argv else "",
+              "busy": busy_port}
     if row.setup:
         row.setup(*(work, demo_dir)[: row.setup.__code__.co_argcount])
     if row.preset is not None:

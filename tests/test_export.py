@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from alorectl import db
+import alore
+from alore.api import load_adapter
 from alore.artifacts import write_run_files
 from alore.train import TrainConfig, fit
 from alorectl.cli import app
@@ -118,7 +122,7 @@ def test_the_card_load_line_matches_its_fields(finished, tmp_path) -> None:
     card = json.loads((out / "card.json").read_text())
     overlay = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v!r}" for k, v in card["pretrained_cfg_overlay"].items())
     assert f"pretrained_cfg_overlay=dict({overlay})" in card["load"]
-    assert card["pretrained_cfg_overlay"]["file"] == "model.safetensors"
+    assert card["pretrained_cfg_overlay"]["file"] == str((out / "model.safetensors").resolve())  # from anywhere
     assert card["sha256"].keys() == {"model.safetensors", "adapter.safetensors"}
 
 
@@ -186,3 +190,63 @@ def test_tracking_uri_flag_is_spelled_like_sweeps(finished, tmp_path) -> None:
     board = runner.invoke(app, ["leaderboard", "--backbone", "demo", "--workdir", str(finished["work"]),
                                 "--tracking-uri", "http://mlflow:5000", "--format", "json"])
     assert board.exit_code == 0, board.output
+
+
+@pytest.fixture(scope="module")
+def vpt_result(finished, demo_dir: Path) -> None:
+    """A VPT result (a method that cannot merge) beside the ALoRE one: one epoch, its real run files."""
+    config = TrainConfig(backbone="demo", weights=str(demo_dir / "demo.safetensors"), task="digits",
+                         data_root=str(finished["data"]), method="vpt", method_options={"prompts": 4},
+                         protocol="final", lr=0.01, epochs=1, warmup_epochs=0, batch_size=32, device="cpu")
+    keep: dict = {}
+    metrics = fit(config, keep=keep)
+    run_dir = finished["run_dir"].parent / "digits-vpt"
+    write_run_files(run_dir, metrics, keep["model"], keep["data"])
+    engine = db.connect(db_url(finished["work"]))
+    # As a sweep records it: the run settings and the searched values, flat (no "method_options" key).
+    db.record_result(engine, sweep_id=finished["sweep_id"], backbone="demo", task="digits", method="vpt",
+                     suite="vtab", test_acc_mean=metrics["test_acc"], seeds=[42], val_acc=None,
+                     trainable_params=metrics["trainable_params"], epochs=1, artifact_uri=str(run_dir),
+                     config={"suite": "vtab", "weights": config.weights, "epochs": 1, "lr": 0.01, "prompts": 4})
+    engine.dispose()
+
+
+SNIPPET_PROBE = """
+import json, sys
+from PIL import Image
+import torch
+card = json.load(open(sys.argv[1]))
+exec(card["snippet"])
+image = Image.new("RGB", (64, 32), (200, 30, 90))
+with torch.no_grad():
+    print(json.dumps(model(transform(image)[None]).tolist()))
+"""
+
+
+@pytest.mark.parametrize("method", ["alore", "vpt"])
+def test_the_cards_snippet_runs_from_another_folder(finished, vpt_result, demo_dir, tmp_path, method) -> None:
+    """The card's code, copied into a fresh Python in an unrelated working directory, gives the trained model."""
+    out = tmp_path / "exports" / method
+    done = runner.invoke(app, ["export", "--backbone", "demo", "--task", "digits", "--method", method, "--out",
+                               str(out), "--workdir", str(finished["work"])])
+    assert done.exit_code == 0, done.output
+    card = json.loads((out / "card.json").read_text())
+    assert card["merged"] is (method == "alore")
+    assert ("timm.create_model(" if method == "alore" else "alore.load_export(") in card["load"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = subprocess.run([sys.executable, "-c", SNIPPET_PROBE, str(out / "card.json")], cwd=elsewhere,
+                           capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    logits = torch.tensor(json.loads(probe.stdout.strip().splitlines()[-1]))
+
+    # The reference, rebuilt by hand from the run's own files: backbone + method + adapter, alore's transform.
+    source = finished["run_dir"] if method == "alore" else finished["run_dir"].parent / "digits-vpt"
+    model = alore.create_backbone("demo", card["num_classes"], weights=str(demo_dir / "demo.safetensors"))
+    alore.apply(model, method, **card["method_options"])
+    load_adapter(model, source / "adapter.safetensors")
+    transform = timm.data.create_transform(**card["preprocessing"])
+    with torch.no_grad():
+        expected = model.eval()(transform(Image.new("RGB", (64, 32), (200, 30, 90)))[None])
+    assert logits.shape == expected.shape
+    assert (logits - expected).norm() <= 1e-4 * expected.norm(), (logits, expected)

@@ -92,7 +92,7 @@ def _from_store(workdir: Path, db_flag: str | None, backbone: str, task: str, me
     """(cell folder, result row) from the leaderboard database; never creates one."""
     from alorectl import db
 
-    from .results import open_results
+    from alorectl.results.store import open_results
 
     with open_results(workdir, db_flag, remedy="pass --from DIR") as engine:
         row = db.find_result(engine, backbone, task, method, sweep)
@@ -240,7 +240,14 @@ def experts(
     tracking_uri: TrackingUri = None,
     db_flag: DbUrl = None,
 ) -> None:
-    """Test accuracy with Single-i, Increment-i and Sliced-i experts kept (paper table 22)."""
+    """Test accuracy with Single-i, Increment-i and Sliced-i experts kept (paper table 22).
+
+    Examples:
+
+      alorectl analyze experts --backbone demo --task digits
+
+      alorectl analyze experts --from best/
+    """
     if fmt not in FORMATS:
         raise UnknownChoiceError("format", fmt, FORMATS)
     cell = locate(workdir, db_flag, backbone, task, method, sweep, source, weights, data_root,
@@ -292,6 +299,10 @@ def attention(
     Rows: test images. Columns: the image, Single-1..n (one expert kept), Increment-n (all: the trained model).
 
     Each map: the last block's [CLS] -> patch attention, mean over heads (the head reads only that [CLS]).
+
+    Examples:
+
+      alorectl analyze attention --backbone demo --task digits --images 4
     """
     if images < 1:
         raise ConfigError(f"--images must be >= 1, got {images}")
@@ -329,6 +340,10 @@ def tsne(
     """Side-by-side t-SNE of each method's [CLS] embedding, with silhouette and k-NN accuracy (figure 5).
 
     The embedding: [CLS] after the last block and the final norm, as the classification head receives it.
+
+    Examples:
+
+      alorectl analyze tsne --backbone demo --task digits --methods alore,lora
     """
     if samples < 3:
         raise ConfigError(f"--samples must be >= 3, got {samples}")

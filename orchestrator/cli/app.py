@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from alore.errors import AloreError
 from alorectl.db.errors import DatabaseError
@@ -68,6 +68,7 @@ class OneLineGroup(TyperGroup):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        plain_help(self)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -88,6 +89,34 @@ class OneLineGroup(TyperGroup):
             err_console.print("Aborted!")
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)  # an int only from typer.Exit: commands return None
+
+
+def _usage_name(param: TyperArgument) -> str:
+    return param.metavar + ("..." if param.nargs != 1 else "")
+
+
+def plain_help(command: Any) -> None:
+    """Help as Click writes it: a flag is just ``--force`` (Typer 0.29 adds ``<bool>``) and an argument is
+    ``NAME`` in the usage line and the table (Typer writes ``{name}``). Walks every subcommand; safe to repeat.
+    Touches Typer's private ``_usage_display_name`` (per parameter): there is no public setting for it."""
+    for param in getattr(command, "params", ()):
+        if isinstance(param, TyperArgument):
+            param.metavar = param.metavar or (param.name or "").upper()
+            param._usage_display_name = functools.partial(_usage_name, param)  # type: ignore[method-assign]
+        elif getattr(param, "is_bool_flag", False) or getattr(param, "is_flag", False):
+            param.metavar = ""  # shown as nothing: a flag takes no value
+    if not getattr(command, "_plain_help", False) and hasattr(command, "get_help_option"):
+        command.get_help_option = functools.partial(_help_option, command.get_help_option)
+        command._plain_help = True
+    for sub in getattr(command, "commands", {}).values():
+        plain_help(sub)
+
+
+def _help_option(make: Callable, ctx: Any) -> Any:
+    option = make(ctx)
+    if option is not None:
+        option.metavar = ""
+    return option
 
 
 class App(typer.Typer):

@@ -28,7 +28,12 @@ def inference(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON rows")] = False,
 ) -> None:
-    """Images/s of the bare backbone, each adapted model unmerged, and each merged one (random weights: speed only)."""
+    """Images/s of the bare backbone, each adapted model unmerged, and each merged one (random weights: speed only).
+
+    Examples:
+
+      alorectl bench inference --backbone vit_b --methods alore,lora --device cuda
+    """
     check_args(backbone, split_csv(methods), batch_size, steps)
     dev = pick_device(device)
     if not as_json:
@@ -56,7 +61,12 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON rows")] = False,
 ) -> None:
-    """Training step time, peak memory (CUDA) and data-loading share per method, as ratios to LoRA."""
+    """Training step time, peak memory (CUDA) and data-loading share per method, as ratios to LoRA.
+
+    Examples:
+
+      alorectl bench train --backbone vit_b --methods alore,lora,vpt --device cuda
+    """
     from alore.benchmark import train_rows
 
     names = split_csv(methods)
@@ -87,7 +97,12 @@ def sweep(
     data: Annotated[Path | None, typer.Option(help="a folder from `alorectl data demo` (default: made afresh)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON rows")] = False,
 ) -> None:
-    """One multi-cell demo sweep on 1 and on 2 trial slots: makespan, slot occupancy, speedup, overhead."""
+    """One multi-cell demo sweep on 1 and on 2 trial slots: makespan, slot occupancy, speedup, overhead.
+
+    Examples:
+
+      alorectl bench sweep --tasks digits --methods alore,lora --epochs 2
+    """
     from alore.data import DEMO_TASKS
     from alore.methods import get_method
     from alorectl.bench.sweep import bench_sweep

@@ -30,7 +30,14 @@ def check(
         "--decode-all", help="Decode every image, not one per split (slow).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON instead of a table.")] = False,
 ) -> None:
-    """Validate every task: split files, labels, split sizes, image files; exit 2 on any problem."""
+    """Validate every task: split files, labels, split sizes, image files; exit 2 on any problem.
+
+    Examples:
+
+      alorectl data check --root data/vtab-1k
+
+      alorectl data check --root data/fgvc --suite fgvc --tasks cub
+    """
     from alore.data import check_root
 
     names = split_csv(tasks) or None  # "--tasks ''" means all tasks, as omitting it does
@@ -73,7 +80,12 @@ def demo(
     out: Annotated[Path, typer.Option(
         "--out", help="Folder to write into; the dataset goes to <out>/vtab-1k.")] = Path("work/data"),
 ) -> None:
-    """Write the offline demo dataset (scikit-learn digits in the VTAB-1k layout)."""
+    """Write the offline demo dataset (scikit-learn digits in the VTAB-1k layout).
+
+    Examples:
+
+      alorectl data demo --out demo
+    """
     from alore.data import DEMO_TASKS, write_demo_dataset
     from alore.demo_backbone import write_demo_weights
 

@@ -22,7 +22,14 @@ def check_merge(
     tolerance: Annotated[float, typer.Option(help="largest relative error accepted (float32)")] = 1e-4,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Merge each method (weights moved away from the identity) and check plain timm gives the same outputs."""
+    """Merge each method (weights moved away from the identity) and check plain timm gives the same outputs.
+
+    Examples:
+
+      alorectl check-merge --backbone vit_test
+
+      alorectl check-merge --backbone vit_b --methods alore,lora
+    """
     names = split_csv(methods) or alore.mergeable_methods()
     alore.backbones.resolve(backbone)
     for name in names:

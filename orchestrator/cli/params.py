@@ -40,7 +40,14 @@ def params(
     classes: Annotated[int, typer.Option(help="classes of the head (not counted)")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
 ) -> None:
-    """Print trainable parameters and mergeability per method; builds the architecture only."""
+    """Print trainable parameters and mergeability per method; builds the architecture only.
+
+    Examples:
+
+      alorectl params --backbone vit_b
+
+      alorectl params --backbone swin_b -m alore -m lora --json
+    """
     names = [n for item in (method or []) for n in split_csv(item)] or list(alore.METHODS)
     for name in names:
         get_method(name)  # fail on a bad name before building anything

@@ -15,14 +15,14 @@ from alorectl import db
 from alore.errors import ConfigError, UnknownChoiceError
 from alorectl.sweep import plan as planning
 from alorectl.sweep import preset as presets
-from alorectl.sweep.driver import Hooks, Settings, make_plan, run_sweep
+from alorectl.sweep.driver import PREPARING, Hooks, Settings, make_plan, run_sweep
 from alorectl.sweep.timing import timing
 from alorectl.tracking.client import bare_uri
 from alorectl.tracking.links import VIEW_ID, experiment_url
 
 from .app import App, OneLineGroup, console, print_json, resume_hint, split_csv
 from alorectl.results.render import print_board
-from .results import open_results
+from alorectl.results.store import open_results
 from .options import DEFAULT_WORKDIR, Address, DbUrl, TrackingUri, Workdir
 
 
@@ -38,7 +38,8 @@ class ShortcutGroup(OneLineGroup):
 
 UI_URL = "http://127.0.0.1:5000"  # where `alorectl ui` serves by default
 
-app = App(cls=ShortcutGroup, help="Sweeps: run a preset, watch it, resume it.")
+app = App(cls=ShortcutGroup, help="Sweeps: run a preset, watch it, resume it. `alorectl sweep PRESET` is short for "
+                                  "`alorectl sweep run PRESET`, e.g. `alorectl sweep demo`.")
 
 
 def apply_flags(p: presets.Preset, **flags: Any) -> presets.Preset:
@@ -106,7 +107,14 @@ def sweep_run(
     force_new: Annotated[bool, typer.Option(
         "--force-new", help="replace a sweep recorded under this name (its rows and Tune folder) and start afresh")] = False,
 ) -> None:
-    """Run a sweep of ALoRE and baselines: search on val200, final runs on test, MLflow + leaderboard."""
+    """Run a sweep of ALoRE and baselines: search on val200, final runs on test, MLflow + leaderboard.
+
+    Examples:
+
+      alorectl sweep demo   (short for: alorectl sweep run demo)
+
+      alorectl sweep vtab --backbones vit_b,vit_l --dry-run --gpus 8
+    """
     if max_concurrent_trials is not None and max_concurrent_trials < 1:
         raise ConfigError(f"--max-concurrent-trials must be >= 1, got {max_concurrent_trials}")
     if gpus is not None and gpus < 1:
@@ -132,7 +140,12 @@ def sweep_resume(
     workdir: Workdir = DEFAULT_WORKDIR,
     max_concurrent_trials: Annotated[int | None, typer.Option(help="trials in flight at once")] = None,
 ) -> None:
-    """Continue a sweep: restore its Tune experiment, finish what is left, log what MLflow is missing."""
+    """Continue a sweep: restore its Tune experiment, finish what is left, log what MLflow is missing.
+
+    Examples:
+
+      alorectl sweep resume demo
+    """
     with open_results(workdir, db_flag) as engine:
         stored = db.sweep_config(engine, name)
     uri = stored.get("tracking_uri")
@@ -151,33 +164,52 @@ def sweep_status(
     db_flag: DbUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Where a sweep stands: cells, trials running/done/left, slot occupancy, ETA."""
+    """Where a sweep stands: cells, trials running/done/left, slot occupancy, ETA.
+
+    Examples:
+
+      alorectl sweep status demo
+
+      alorectl sweep status demo --json
+    """
     with open_results(workdir, db_flag) as engine:
         status = db.sweep_status(engine, name)
         config = db.sweep_config(engine, name)
         trials = db.sweep_trials(engine, name)
     t = timing(trials, int(config.get("slots") or 1), int(config.get("total_trials") or 0))
+    preparing = config.get(PREPARING)
+    planned = config.get("planned") or {}
     if as_json:
-        print_json({**status.to_dict(), "timing": t.to_dict()})
+        print_json({**status.to_dict(), "timing": t.to_dict(), "preparing": preparing, "planned": planned})
         return
     counts = ", ".join(f"{k} {v}" for k, v in status.counts.items())
     console.print(f"[bold]{status.name}[/] ({status.status}): cells {counts}", highlight=False)
-    occ = f"{t.occupancy:.0%}" if t.occupancy is not None else "-"
-    eta = _duration(t.eta_s) if t.eta_s is not None and t.left else ("-" if t.left else "0s")
-    console.print(f"trials: {t.running} running, {t.ended} done, {t.left} left · {t.slots} slots, occupancy "
-                  f"{occ} · ETA {eta}", highlight=False)
+    if preparing:
+        total = config.get("total_trials")
+        console.print(f"{preparing}" + (f"; {total} trials planned" if total else ""), highlight=False)
+    else:
+        occ = f"{t.occupancy:.0%}" if t.occupancy is not None else "-"
+        # An ETA only from trials that finished: before that there is nothing to estimate from.
+        eta = ("0s" if not t.left else _duration(t.eta_s) if t.ended and t.eta_s is not None
+               else "- (after the first trials finish)")
+        console.print(f"trials: {t.running} running, {t.ended} done, {t.left} left · {t.slots} slots, occupancy "
+                      f"{occ} · ETA {eta}", highlight=False)
     table = Table()
     for col in ("backbone", "task", "method", "status", "trials", "best val", "test", "chosen config"):
         table.add_column(col)
     for c in status.cells:
-        test = f"{c.test_acc_mean:.2f} ± {c.test_acc_std or 0:.2f}" if c.test_acc_mean is not None else "-"
-        table.add_row(c.backbone, c.task, c.method, c.status, f"{c.trials_done}/{c.n_trials}",
+        test = "-"
+        if c.test_acc_mean is not None:  # a spread only over several seeds: one seed has none
+            spread = f" ± {c.test_acc_std:.2f}" if len(c.seeds or ()) > 1 and c.test_acc_std is not None else ""
+            test = f"{c.test_acc_mean:.2f}{spread}"
+        n = planned.get(f"{c.backbone}__{c.task}__{c.method}", c.n_trials)
+        table.add_row(c.backbone, c.task, c.method, c.status, f"{c.trials_done}/{n}",
                       f"{c.best_val_acc:.2f}" if c.best_val_acc is not None else "-", test,
                       ", ".join(f"{k}={v}" for k, v in (c.best_config or {}).items()))
-    console.print(table)
-    best = status.best
-    if best is not None:
-        console.print(f"best so far: {best.backbone}/{best.task}/{best.method}", highlight=False)
+    if status.cells:
+        console.print(table)
+        console.print("best val: per cell, the best val200 accuracy of its search (the selection metric)",
+                      highlight=False)
 
 
 def _duration(seconds: float) -> str:
@@ -234,6 +266,7 @@ def execute(p: presets.Preset, settings: Settings, resume: bool, force_new: bool
 
         def step(message: str) -> None:
             progress.update(bar, note=message)
+            progress.console.print(f"  {escape(message)}", highlight=False)  # a line per step: the log shows it
 
         def planned(plan: planning.SweepPlan) -> None:
             progress.update(bar, description="trials", total=plan.total_trials)
@@ -251,7 +284,8 @@ def execute(p: presets.Preset, settings: Settings, resume: bool, force_new: bool
         def cell_done(cell: Any, r: Any) -> None:
             progress.console.print(
                 f"  [green]done[/] {cell.backbone}/{cell.task}/{cell.method}: val {r.val_acc or 0:.2f}  "
-                f"test {r.test_acc_mean:.2f} ± {r.test_acc_std:.2f}  ({r.trainable_params:,} params)",
+                f"test {r.test_acc_mean:.2f}" + (f" ± {r.test_acc_std:.2f}" if len(r.seeds) > 1 else "")
+                + f"  ({r.trainable_params:,} params)",
                 highlight=False)
 
         def warning(message: str) -> None:

@@ -121,7 +121,14 @@ def train(
     out: Annotated[Path, typer.Option(help="output folder (resumes from its checkpoint)")] = Path("runs/train"),
     as_json: Annotated[bool, typer.Option("--json", help="print metrics as JSON, no progress bar")] = False,
 ) -> None:
-    """Train one backbone x task x method run and write its metrics and weights."""
+    """Train one backbone x task x method run and write its metrics and weights.
+
+    Examples:
+
+      alorectl data demo --out demo && alorectl train --backbone demo --weights demo/demo.safetensors --task digits --data-root demo/vtab-1k --out runs/digits
+
+      alorectl train --backbone vit_b --task cifar --data-root data/vtab-1k --method alore -o rank=8 --out runs/cifar
+    """
     # Everything a user can get wrong is checked before the first file is written.
     if warmup_epochs is not None and epochs >= 1 and not 0 <= warmup_epochs <= epochs:
         raise ConfigError(f"--warmup-epochs must be in [0, --epochs={epochs}], got {warmup_epochs}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -46,7 +47,14 @@ def ui(
     port: Annotated[int, typer.Option(help="port (1-65535)")] = 5000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes (MLflow's default is 4)")] = 1,
 ) -> None:
-    """Print deep links into the runs table of every alore experiment, then run the MLflow UI (127.0.0.1)."""
+    """Print deep links into the runs table of every alore experiment, then run the MLflow UI (127.0.0.1).
+
+    Examples:
+
+      alorectl ui
+
+      alorectl ui --workdir work --port 5001
+    """
     if port not in PORTS:
         raise ConfigError(f"--port {port} is out of range; valid ports: 1-65535")
     if workers < 1:
@@ -60,6 +68,7 @@ def ui(
         typer.echo("the UI is served by that tracking server: open a link above")
         return
     _require_sqlite_file(uri)
+    _require_free_port(host, port)
     base = f"http://{_link_host(host)}:{port}"
     _print_links(uri, base)
     _print_studies(workdir)
@@ -96,6 +105,17 @@ def _print_studies(workdir: Path) -> None:
 
     if journal_path(workdir).is_file():
         typer.echo(f"Optuna studies (parameter importance, parallel coordinates):\n  {dashboard_command(workdir)}")
+
+
+def _require_free_port(host: str, port: int) -> None:
+    """Another server on the port would answer the links printed next: refuse before printing any."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))  # no SO_REUSEADDR: a port someone listens on (or just closed) fails here
+        except OSError as err:
+            raise ConfigError(f"--port {port} is already in use on {host} ({err.strerror or err}); "
+                              f"pick a free one, e.g. --port {port + 1 if port < 65535 else 5000}") from None
 
 
 def _require_sqlite_file(uri: str) -> None:

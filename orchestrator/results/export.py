@@ -1,22 +1,53 @@
-"""What an exported result is in plain timm: the model name, ``num_classes`` and the preprocessing overlay.
+"""Exporting a result: the chosen row's weights and a card that loads them from anywhere.
 
-Shared by ``alorectl export`` (the card) and the MLflow models of :mod:`alorectl.tracking.models`, so that a
-file export and a model loaded from MLflow's registry are the same timm module with the same transform.
+``alorectl export`` calls :func:`export_result`; everything else here is
+the domain of an export: which row (``--method best`` is chosen by val200
+accuracy, never by test), the timm preprocessing that reproduces alore's
+evaluation, the card (with a ``load`` line for plain timm when the method
+merged, and ``alore.load_export(path)`` for every method), and writing the
+folder whole or not at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from alore.analysis.load import read_adapter_info
+from alore.api import mergeable_methods
 from alore.artifacts import MERGED, METRICS
 from alore.backbones import create_backbone, data_config, resolve
 from alore.data import Preprocess
+from alore.errors import AloreError
+from alorectl import db, defaults
+from alorectl.db.lookup import BEST
+
+from .store import open_results
+
+#: What an export folder holds; ``--force`` replaces exactly these.
+EXPORT_FILES = ("model.safetensors", "adapter.safetensors", "card.json")
+#: The evaluation transform of a loaded export (the model's ``pretrained_cfg`` holds the preprocessing).
+TRANSFORM = "timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))"
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    out: Path
+    card: dict[str, Any]
+    chosen_by_val: bool  # ``--method best``: the method with the best val200 accuracy
+    row: Any = None      # the result's database row
+    source: Path | None = None  # the final run's files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,3 +116,160 @@ def timm_preprocessing(suite: str, image_size: int, mean: Any, std: Any) -> dict
         crop_pct, crop_mode, interpolation = 1.0, "squash", "bicubic"
     return {"input_size": (3, size, size), "interpolation": interpolation, "crop_pct": crop_pct,
             "crop_mode": crop_mode, "mean": pre.mean, "std": pre.std}
+
+
+def export_result(workdir: Path, db_flag: str | None, tracking_uri: str | None, backbone: str, task: str,
+                  method: str, out: Path, force: bool = False, register: bool = False) -> Exported:
+    """Write ``out``/model.safetensors (merged methods), adapter.safetensors and card.json, whole or not at all."""
+    with open_results(workdir, db_flag) as engine:
+        fake = db.simulated_only(engine, backbone, task, method)
+        if fake is not None:
+            raise AloreError(f"{backbone}/{task}/{method} has only a simulated result (sweep {fake!r}, made by "
+                             "alorectl bench scale): its weights are stand-ins, there is nothing to export")
+        row = db.find_result(engine, backbone, task, method)
+    source = Path(row.artifact_uri or "")
+    if not (source / "adapter.safetensors").is_file():
+        raise AloreError(f"the files of {backbone}/{task}/{row.method} are missing from {source}")
+    if out.exists() and not out.is_dir():
+        raise AloreError(f"--out {out} is a file; name a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise AloreError(f"--out {out} is not empty; name a new folder, or pass --force to replace its export files")
+    if register:  # refused before anything is written
+        check_registrable(backbone, task, row, source / MERGED)
+    with _staging(out) as stage:
+        files: dict[str, str] = {}
+        if (source / "merged.safetensors").is_file():
+            shutil.copy2(source / "merged.safetensors", stage / "model.safetensors")
+        shutil.copy2(source / "adapter.safetensors", stage / "adapter.safetensors")
+        card = make_card(row, source, stage, out.resolve(), defaults.tracking_uri(workdir, tracking_uri))
+        for name in ("model.safetensors", "adapter.safetensors"):
+            if (stage / name).is_file():
+                files[name] = _sha256(stage / name)
+        card["sha256"] = files
+        (stage / "card.json").write_text(json.dumps(card, indent=2, default=str))
+        _publish(stage, out)
+    return Exported(out, card, chosen_by_val=method == BEST, row=row, source=source)
+
+
+def make_card(row: Any, source: Path, stage: Path, where: Path, tracking_uri: str) -> dict[str, Any]:
+    """The card of the result ``row`` (run files in ``source``, copied to ``stage``) as it will be read in
+    the absolute folder ``where``."""
+    spec = resolve(row.backbone)
+    metrics = json.loads((source / "metrics.json").read_text()) if (source / "metrics.json").is_file() else {}
+    classes = int(metrics.get("num_classes") or row.config.get("num_classes") or 0)
+    # What the run's data pipeline used: fit() reads data_config of this same backbone (no weights needed).
+    dc = data_config(create_backbone(row.backbone, classes, device="meta"))
+    preprocessing = timm_preprocessing(row.suite, dc["image_size"], dc["mean"], dc["std"])
+    merged = (stage / "model.safetensors").is_file()
+    info = read_adapter_info(stage)  # the method's options as the adapter file records them
+    kwargs = dict(spec.kwargs)
+    overlay = {"file": str(where / "model.safetensors"), "num_classes": classes, **preprocessing}
+    alore_load = f"alore.load_export({str(where)!r})"
+    if merged:
+        load = (f"timm.create_model({spec.timm_name!r}, pretrained=True, num_classes={classes}, "
+                f"pretrained_cfg_overlay=dict({_kwargs_text(overlay)})"
+                + (f", {_kwargs_text(kwargs)}" if kwargs else "") + ")")
+        snippet = f"import timm\nmodel = {load}.eval()\ntransform = {TRANSFORM}\n"
+    else:
+        load = alore_load
+        snippet = f"import alore, timm\nmodel = {load}\ntransform = {TRANSFORM}\n"
+    return {
+        "backbone": row.backbone, "timm_name": spec.timm_name, "timm_kwargs": kwargs, "num_classes": classes,
+        "task": row.task, "suite": row.suite, "method": row.method, "method_options": info.method_config,
+        "config": row.config, "seeds": row.seeds,
+        "epochs": row.epochs, "val_acc": row.val_acc, "test_acc": row.test_acc_mean, "test_acc_std": row.test_acc_std,
+        "weights_test_acc": metrics.get("test_acc"),  # these weights' own run (test_acc: mean over seeds)
+        "trainable_params": row.trainable_params, "mlflow_run_id": row.mlflow_run_id,
+        "mlflow_tracking_uri": db.urls.mask_text(tracking_uri),
+        "backbone_weights": (row.config or {}).get("weights"),
+        "merged": merged,
+        "preprocessing": preprocessing,
+        "pretrained_cfg_overlay": overlay if merged else None,
+        "load": load,
+        "load_alore": alore_load,
+        "transform": TRANSFORM,
+        "snippet": snippet,
+        "note": ("load: plain timm (no alore needed) for a merged export, else alore.load_export, which rebuilds "
+                 "backbone + method + adapter (the backbone's weights: backbone_weights, or pass weights=FILE); "
+                 "the paths are absolute: after moving the folder, call alore.load_export(new_path). "
+                 "num_classes must be in pretrained_cfg_overlay too, or timm drops the trained head; the "
+                 "preprocessing fields make timm's eval transform the one the model was trained and scored with"),
+    }
+
+
+def _kwargs_text(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in values.items())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A private folder next to ``out`` (same file system: moving its files in is a rename), removed on exit."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)  # gone already when it became ``out``
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the staged export into ``out``: a new folder is one rename; into an existing one, the weights
+    first and card.json last, and a file of an earlier export that this one lacks (model.safetensors of
+    a merged method, now an unmerged one) is removed, so the folder never disagrees with its card."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp made it owner-only; an export is an ordinary folder
+    if not out.exists():
+        try:
+            stage.rename(out)
+            return
+        except OSError:  # created meanwhile: move the files in below
+            out.mkdir(exist_ok=True)
+    staged = {p.name for p in stage.iterdir()}
+    for name in sorted(staged - {"card.json"}):
+        os.replace(stage / name, out / name)
+    for name in set(EXPORT_FILES) - staged:
+        (out / name).unlink(missing_ok=True)
+    os.replace(stage / "card.json", out / "card.json")
+
+
+# ---- MLflow's model registry (``alorectl export --register``) ------------------------------------
+
+def check_registrable(backbone: str, task: str, row: Any, merged: Path) -> None:
+    if row.method not in mergeable_methods():
+        raise AloreError(f"--register: {row.method} cannot be merged into plain timm, so {backbone}/{task}/"
+                         f"{row.method} has no MLflow model; mergeable methods: {', '.join(mergeable_methods())}")
+    if not merged.is_file():
+        raise AloreError(f"--register: the merged weights of {backbone}/{task}/{row.method} are missing: {merged}")
+    if not row.mlflow_run_id:
+        raise AloreError(f"--register: {backbone}/{task}/{row.method} is not in MLflow yet; "
+                         "alorectl sweep resume NAME logs it")
+    if row.val_acc is None:
+        raise AloreError(f"--register: {backbone}/{task}/{row.method} has no val accuracy to rank it by")
+
+
+def register_result(done: Exported, backbone: str, task: str, uri: str) -> Any:
+    """The exported result's MLflow model (logged now if its sweep predates models) registered as
+    ``alore-<backbone>-<task>``; the alias moved when its val200 accuracy is the best."""
+    from alore.errors import first_line
+    from alorectl.tracking.client import Tracker
+    from alorectl.tracking.models import has_model, log_model, register
+
+    row, card = done.row, done.card
+    tracker = Tracker(uri)
+    try:
+        if not has_model(tracker.client, row.mlflow_run_id):
+            log_model(tracker.client, row.mlflow_run_id, backbone, row.suite, done.source,
+                      {k: card[k] for k in ("backbone", "task", "method", "val_acc", "test_acc", "suite")})
+        return register(tracker.client, backbone, task, row.mlflow_run_id, row.val_acc, tags={"method": row.method})
+    except Exception as err:  # the server refused, or is away: one line, no credentials
+        raise AloreError(db.urls.mask_text(f"--register: MLflow refused: {first_line(err)}")[:400]) from None
+

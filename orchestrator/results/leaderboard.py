@@ -56,3 +56,14 @@ def build(bind: Any, backbone: str, suite: str, simulated: bool = False) -> db.L
     groups = {t: infos[t].group for t in order if t in infos}
     return db.leaderboard(bind, backbone, suite=suite, task_order=order or None, groups=groups or None,
                           method_order=METHOD_ORDER, labels=LABELS, simulated=simulated)
+
+
+def default_backbone(bind: Any, suite: str, simulated: bool = False) -> str:
+    """The backbone to show when none is named: the one with results (in ``suite``, else in any suite);
+    with several, an error that lists them."""
+    have = db.result_backbones(bind, suite, simulated=simulated) or db.result_backbones(bind, simulated=simulated)
+    if not have:
+        raise AloreError("no results recorded yet; run a sweep first: alorectl sweep demo")
+    if len(have) > 1:
+        raise AloreError(f"results for {len(have)} backbones; pick one with --backbone: {', '.join(have)}")
+    return have[0]

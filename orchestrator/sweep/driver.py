@@ -39,6 +39,8 @@ from .record import CellResult, Recorder, TrialOutcome
 from alorectl.tracking.observer import Background, Track
 from alorectl.tracking.client import Tracker
 
+#: The sweep config's key while the sweep prepares (data, weights, Ray); ``sweep status`` shows its value.
+PREPARING = "preparing"
 LEADERBOARD_EVERY_S = 60.0  # the MLflow leaderboard is refreshed at most this often while a sweep runs
 
 
@@ -77,12 +79,14 @@ class Hooks:
     on_links: Callable[[dict[str, str]], None] = lambda experiments: None  # MLflow experiment name -> id
 
 
-def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True) -> tuple[Path, dict[str, str | None]]:
+def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True,
+                   on_slow_step: Callable[[str], None] = lambda step: None) -> tuple[Path, dict[str, str | None]]:
     """The data root and per-backbone weights, with ``{workdir}`` filled in; checked before anything runs.
 
     A backbone without weights gets its pretrained checkpoint (timm's tag), fetched once into
     ``<workdir>/weights`` or found in the local hub cache — never a silently random backbone. Random
     initialisation only when asked for by name (``random``); the small test backbones keep theirs.
+    ``on_slow_step`` is told before each step that takes more than a moment (writing the demo, fetching).
     """
     from alore import backbones
 
@@ -106,8 +110,9 @@ def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True) -> tuple[P
         from alore.demo_backbone import write_demo_weights
 
         security.make_private(workdir)
-
+        on_slow_step("writing the demo data")
         write_demo_dataset(root.parent)
+        on_slow_step("pre-training the demo backbone (once per work folder, a few minutes on CPU)")
         write_demo_weights(root.parent)
     if not root.is_dir():
         raise DataError(f"data root not found: {root} (pass --data-root DIR)")
@@ -120,6 +125,7 @@ def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True) -> tuple[P
             weights[b] = backbones.RANDOM
         elif given in (None, "timm", "hub"):
             fresh = not workdir.exists()
+            on_slow_step(f"fetching the pretrained weights of {b}")
             weights[b] = str(backbones.fetch_pretrained(b, workdir / "weights"))
             if fresh:  # created by the fetch: owner-only like every work folder
                 for folder in (workdir, workdir / "weights"):
@@ -132,8 +138,9 @@ def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True) -> tuple[P
     return root, weights
 
 
-def make_plan(preset: Preset, settings: Settings, fetch: bool = True) -> planning.SweepPlan:
-    root, weights = resolve_inputs(preset, settings.workdir, fetch=fetch)
+def make_plan(preset: Preset, settings: Settings, fetch: bool = True,
+              on_slow_step: Callable[[str], None] = lambda step: None) -> planning.SweepPlan:
+    root, weights = resolve_inputs(preset, settings.workdir, fetch=fetch, on_slow_step=on_slow_step)
     return planning.build(preset, settings.name, root, weights)
 
 
@@ -291,7 +298,30 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
     hooks = hooks or Hooks()
     preflight.check_request(preset, settings.address, settings.tracking_uri, settings.db_url)  # before any file
     hooks.on_step("checking data and weights")
-    plan = make_plan(preset, settings)
+    preparing: dict[str, Any] = {}
+
+    def slow_step(step: str) -> None:
+        # The inputs checked out (nothing is written before that): `sweep status` sees the sweep from now on.
+        if not preparing and settings.db_url.startswith("sqlite"):
+            security.make_private(settings.workdir)
+        if not preparing:
+            preparing["engine"] = db.connect(settings.db_url)
+            # A sweep already recorded keeps its row as it is: only the inputs a run used are ever recorded.
+            if settings.name not in db.sweep_names(preparing["engine"]):
+                preparing["id"] = db.upsert_sweep(preparing["engine"], settings.name, preset=preset.name,
+                                                  suite=preset.suite,
+                                                  config={**preset.to_dict(), PREPARING: "preparing data and weights"})
+        hooks.on_step(step)
+
+    try:
+        plan = make_plan(preset, settings, on_slow_step=slow_step)
+    except BaseException:
+        if preparing.get("id") is not None:
+            db.set_sweep_status(preparing["engine"], preparing["id"], "interrupted")
+        raise
+    finally:
+        if preparing:
+            preparing["engine"].dispose()
     simulated = simulation.table() is not None  # alorectl bench scale: simulated trial bodies read no files
     if not simulated:
         preflight.check_inputs(plan)  # the files themselves: before Ray starts, before anything is written
@@ -328,14 +358,16 @@ def _run_locked(preset: Preset, settings: Settings, hooks: Hooks, plan: planning
     sweep_config = {**preset.to_dict(), "tracking_uri": mask_text(settings.tracking_uri),
                     "db": mask_url(settings.db_url), "warm_start_from": list(settings.warm_start_from),
                     "weights_used": {b: _shown(w) for b, w in _weights(plan).items()},
-                    **({"simulated": True} if simulated else {})}
+                    "total_trials": plan.total_trials, "planned": {cp.cell.key: cp.n_trials for cp in plan.cells},
+                    PREPARING: "starting Ray", **({"simulated": True} if simulated else {})}
     sweep_id = db.upsert_sweep(engine, settings.name, preset=preset.name, suite=preset.suite, config=sweep_config,
                                status="running", simulated=simulated)
     hooks.on_step("starting Ray" + (f" (cluster {settings.address})" if settings.address else " (local)"))
     run.start_ray(settings.address, settings.workdir / "logs")
     slots = run.slots(preset.cpus_per_trial, preset.gpus_per_trial)
     slots = min(slots, settings.max_concurrent) if settings.max_concurrent else slots
-    db.upsert_sweep(engine, settings.name, config={**sweep_config, "slots": slots, "total_trials": plan.total_trials})
+    sweep_config.pop(PREPARING)
+    db.upsert_sweep(engine, settings.name, config={**sweep_config, "slots": slots})
     recorder = Recorder(engine, sweep_id, plan)
     track = Track(Tracker(settings.tracking_uri, settings.workdir / "mlartifacts"), plan, hooks.on_warning,
                   simulated=simulated, workdir=settings.workdir)

@@ -1,0 +1,48 @@
+"""``--help`` of every command: an example to copy, flags without a type, arguments as NAME."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from alorectl.cli import app
+
+runner = CliRunner()
+
+
+def commands(group: typer.core.TyperCommand | typer.core.TyperGroup, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for name, sub in getattr(group, "commands", {}).items():
+        found += commands(sub, (*path, name)) if hasattr(sub, "commands") else [(*path, name)]
+    return found
+
+
+ALL = commands(typer.main.get_command(app))
+
+
+def help_of(*path: str) -> str:
+    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_every_command_is_covered() -> None:
+    assert {("sweep", "run"), ("leaderboard",), ("export",), ("ui",), ("analyze", "tsne")} <= set(ALL)
+
+
+@pytest.mark.parametrize("path", ALL, ids=[" ".join(p) for p in ALL])
+def test_help_has_an_example_and_plain_flags(path: tuple[str, ...]) -> None:
+    text = help_of(*path)
+    assert "Examples:" in text and f"alorectl {' '.join(path[:1])}" in text.split("Examples:", 1)[1]
+    assert "<bool>" not in text  # a flag takes no value
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    assert "{" not in usage, usage  # an argument is NAME, not {name}
+    for word in re.findall(r"\b[A-Z]{3,}\b", usage.split("[OPTIONS]", 1)[-1]):
+        assert word.isupper()
+
+
+def test_the_sweep_preset_shortcut_is_mentioned() -> None:
+    assert "alorectl sweep PRESET" in help_of("sweep")
