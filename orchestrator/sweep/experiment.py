@@ -197,7 +197,34 @@ class Events(tune.Callback):
             RECEIVER.ended(trial, _last_line(error) or "the trial failed")
 
 
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        global RESTORED
+        if RESTORED is not None:  # the first step after a restore, before Tune asks for suggestions
+            limiter, RESTORED = RESTORED, None
+            limiter.reconcile({t.trial_id for t in trials})
+
+
 RECEIVER: Any = None
+
+
+class Limiter(ConcurrencyLimiter):
+    """Tune's ConcurrencyLimiter around the sweep's searcher; when Tune restores it, it registers itself
+    (:data:`RESTORED`) so that :class:`Events` can reconcile it with the restored trial list."""
+
+    def set_state(self, state: dict) -> None:
+        global RESTORED
+        super().set_state(state)
+        RESTORED = self
+
+    def reconcile(self, held: set[str]) -> None:
+        # A trial id Tune does not hold never completes: kept as live, it would block a slot for good.
+        lost = self.live_trials - held
+        self.live_trials -= lost
+        self.num_unfinished_live_trials = max(0, self.num_unfinished_live_trials - len(lost))
+        self.searcher.reconcile(held)
+
+
+RESTORED: Limiter | None = None
 
 
 def _last_line(path: str | None) -> str | None:
@@ -242,8 +269,10 @@ def tuner(plan: SweepPlan, workdir: Path, *, cpus_per_trial: float, gpus_per_tri
     scheduler = (ASHAScheduler(metric=METRIC, mode=MODE, max_t=epochs, grace_period=grace,
                                reduction_factor=2, time_attr="epoch") if plan.scheduler == "asha" else FIFOScheduler())
     # No metric on the TuneConfig: final runs score test, not val200, and the searcher and ASHA know theirs.
-    config = tune.TuneConfig(search_alg=ConcurrencyLimiter(SweepSearcher(plan), limit),
-                             scheduler=scheduler, num_samples=plan.total_trials, reuse_actors=True,
+    # num_samples=-1: the searcher says when the sweep is done (FINISHED), so a trial it re-issues after a
+    # restore (Limiter.reconcile) does not count against a fixed number of suggestions.
+    config = tune.TuneConfig(search_alg=Limiter(SweepSearcher(plan), limit),
+                             scheduler=scheduler, num_samples=-1, reuse_actors=True,
                              trial_dirname_creator=trial_dirname,
                              trial_name_creator=lambda t: TrialSpec.from_config(t.config).dirname)
     run = tune.RunConfig(name=plan.name, storage_path=str(storage(workdir)), verbose=0,
@@ -267,12 +296,12 @@ def trial_body(policy: Policy) -> Any:
 
 
 def fit(t: tune.Tuner, receiver: Any) -> None:
-    global RECEIVER
+    global RECEIVER, RESTORED
     RECEIVER = receiver
     try:
         t.fit()
     finally:
-        RECEIVER = None
+        RECEIVER = RESTORED = None
 
 
 def history(folder: Path) -> list[dict[str, Any]]:
