@@ -3,7 +3,8 @@
 The drill: the real sweep machinery (plan, searcher, Tune, database, MLflow, leaderboard, resume) on two
 local Ray nodes offering 8 logical GPU slots, with simulated trial bodies of 1 s: vtab, vit_b, 5 tasks ×
 4 methods = 20 cells × (2 search + 1 final) = 60 trials. The driver-kill variant (SIGKILL at half, then
-``sweep resume``) found a real bug and waits for its fix (see the test). Everything is checked from the
+``sweep resume``) found a real bug, fixed: a restore re-issues a searcher entry whose trial Tune's restored
+trial list lacks (tests/test_searcher_restore.py). Everything is checked from the
 outside (the SQLite file, MLflow's client, the CLI), never from the benchmark's own verdict; nothing asserts
 wall-clock time. The cadence of reports and the torch-free simulated body are checked without a cluster.
 """
@@ -145,11 +146,6 @@ def test_simulated_bodies_ran_every_epoch_without_torch(drill) -> None:
 
 @pytest.mark.slow
 @pytest.mark.cluster
-@pytest.mark.xfail(run=False, reason=(
-    "issue 16 finding, not fixed yet: Tune's experiment checkpoint can hold the searcher's state with a trial "
-    "it suggested while the trial list lacks it; after `sweep resume` that trial is 'running' in the searcher "
-    "forever, its cell never gets its final run, and the sweep waits (seen at 60 trials on 8 slots). Fix: after "
-    "a restore, re-issue with the same key every searcher entry whose trial Tune does not hold"))
 def test_driver_kill_lost_and_duplicated_nothing(tmp_path) -> None:
     work = tmp_path / "work"
     result = bench(work, "--kill-driver-at", "0.5")

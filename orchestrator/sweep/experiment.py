@@ -39,7 +39,8 @@ from alore.errors import AloreError, first_line
 from alorectl.security import check_trusted, inside, make_private
 from .cadence import Policy, asha_rungs, expand
 from .plan import SweepPlan, TrialSpec
-from .searcher import METRIC, MODE, Limiter, Search, SweepSearcher
+from .searcher import METRIC, MODE, Search, SweepSearcher
+from .searcher import Limiter as RetryLimiter
 
 RAY_DIR = "ray"  # <workdir>/ray/<sweep>: the one place the storage layout is spelled
 
@@ -210,8 +211,35 @@ class Events(tune.Callback):
             RECEIVER.ended(trial, _last_line(error) or "the trial failed")
 
 
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        global RESTORED
+        if RESTORED is not None:  # the first step after a restore, before Tune asks for suggestions
+            limiter, RESTORED = RESTORED, None
+            limiter.reconcile({t.trial_id for t in trials})
+
+
 RECEIVER: Any = None
 INTERRUPTED = False  # Ctrl-C during fit (see Events.setup)
+
+
+class Limiter(RetryLimiter):
+    """The sweep's concurrency limiter (:class:`alorectl.sweep.searcher.Limiter`); when Tune restores it, it
+    registers itself (:data:`RESTORED`) so that :class:`Events` can reconcile it with the restored trial list."""
+
+    def set_state(self, state: dict) -> None:
+        global RESTORED
+        super().set_state(state)
+        RESTORED = self
+
+    def reconcile(self, held: set[str]) -> None:
+        # A trial id Tune does not hold never completes: kept as live, it would block a slot for good.
+        lost = self.live_trials - held
+        self.live_trials -= lost
+        self.num_unfinished_live_trials = max(0, self.num_unfinished_live_trials - len(lost))
+        self.searcher.reconcile(held)
+
+
+RESTORED: Limiter | None = None
 
 
 def _last_line(path: str | None) -> str | None:
@@ -256,8 +284,10 @@ def tuner(plan: SweepPlan, workdir: Path, *, cpus_per_trial: float, gpus_per_tri
     scheduler = (ASHAScheduler(metric=METRIC, mode=MODE, max_t=epochs, grace_period=grace,
                                reduction_factor=2, time_attr="epoch") if plan.scheduler == "asha" else FIFOScheduler())
     # No metric on the TuneConfig: final runs score test, not val200, and the searcher and ASHA know theirs.
+    # num_samples=-1: the searcher says when the sweep is done (FINISHED), so a trial it re-issues after a
+    # restore (Limiter.reconcile) does not count against a fixed number of suggestions.
     config = tune.TuneConfig(search_alg=Search(Limiter(SweepSearcher(plan), limit)),
-                             scheduler=scheduler, num_samples=plan.total_trials, reuse_actors=True,
+                             scheduler=scheduler, num_samples=-1, reuse_actors=True,
                              trial_dirname_creator=trial_dirname,
                              trial_name_creator=lambda t: TrialSpec.from_config(t.config).dirname)
     run = tune.RunConfig(name=plan.name, storage_path=str(storage(workdir)), verbose=0,
@@ -281,12 +311,12 @@ def trial_body(policy: Policy) -> Any:
 
 
 def fit(t: tune.Tuner, receiver: Any) -> None:
-    global RECEIVER, INTERRUPTED
+    global RECEIVER, INTERRUPTED, RESTORED
     RECEIVER, INTERRUPTED = receiver, False
     try:
         t.fit()
     finally:
-        RECEIVER = None
+        RECEIVER = RESTORED = None
     if INTERRUPTED:  # Tune saved the state and returned: an interruption, not an end
         raise KeyboardInterrupt
 

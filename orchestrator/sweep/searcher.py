@@ -74,6 +74,8 @@ class SweepSearcher(Searcher):
     # ---- Tune's calls -------------------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        if self.state.get("reissue"):  # lost in a driver kill (see reconcile): the same key again, first
+            return self._reissue(trial_id, *self.state["reissue"].pop(0))
         for cp in self.plan.cells:  # a cell's final runs first: they are its critical path
             spec = self._next_final(cp)
             if spec is not None:
@@ -83,7 +85,10 @@ class SweepSearcher(Searcher):
             if len(st["search"]) < cp.n_search:
                 return self._issue(trial_id, self._next_search(cp))
         if all(self._cell(cp)["failed"] or len(self._cell(cp)["finals"]) == len(cp.seeds) for cp in self.plan.cells):
-            return Searcher.FINISHED
+            # Only once nothing runs: Tune keeps FINISHED in its checkpoint and asks no more, even for a
+            # trial lost in a driver kill that a restore must re-issue (reconcile).
+            if not any(e["status"] == "running" for st in self.state["cells"].values() for e in st["finals"]):
+                return Searcher.FINISHED
         return None  # searches still running: ask again later
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -138,6 +143,16 @@ class SweepSearcher(Searcher):
                     entry["status"] = "running"
             st["failed"] = None
 
+    def reconcile(self, held: set[str]) -> list[str]:
+        """After a restore, given the ids of the trials Tune restored: every entry (search or final) still
+        'running' whose trial Tune does not hold is lost (the experiment checkpoint can hold this state with
+        a suggestion its trial list lacks); the next suggestions re-issue it under the same key (cell, index,
+        seed, params). Returns the lost trial ids."""
+        lost = [tid for tid, (key, phase, index) in self.state["trials"].items() if tid not in held
+                and self.state["cells"][key]["search" if phase == SEARCH else "finals"][index]["status"] == "running"]
+        self.state.setdefault("reissue", []).extend(self.state["trials"].pop(tid) for tid in lost)
+        return lost
+
     # ---- what the driver may ask ------------------------------------------------------------------
 
     def study(self, cp: CellPlan) -> optuna.Study:
@@ -162,6 +177,17 @@ class SweepSearcher(Searcher):
         else:
             st["finals"].append({"seed": spec.seed, "status": "running"})
             self.state["trials"][trial_id] = [spec.cell.key, FINAL, spec.index]
+        return spec.to_config()
+
+    def _reissue(self, trial_id: str, key: str, phase: str, index: int) -> dict[str, Any]:
+        cp = self.plan.cell(_cell_of(self.plan, key))
+        st = self._cell(cp)
+        if phase == SEARCH:
+            spec = TrialSpec(cp.cell, SEARCH, index, cp.seeds[0], dict(st["search"][index]["params"]), cp.run)
+        else:
+            spec = TrialSpec(cp.cell, FINAL, index, st["finals"][index]["seed"], dict(st["chosen"]["params"]), cp.run,
+                             chosen_val_acc=st["chosen"]["value"])
+        self.state["trials"][trial_id] = [key, phase, index]
         return spec.to_config()
 
     def _next_final(self, cp: CellPlan) -> TrialSpec | None:

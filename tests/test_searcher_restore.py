@@ -1,0 +1,79 @@
+"""After a driver kill, Tune's restored trial list can lack a trial the restored searcher had suggested: the
+searcher re-issues such an entry (search or final) under the same key and params, and nothing else."""
+
+from __future__ import annotations
+
+import pickle
+
+from ray.tune.search import Searcher
+
+from alorectl.sweep import plan as planning
+from alorectl.sweep.experiment import Limiter
+from alorectl.sweep.searcher import SweepSearcher
+
+from test_plan import drain, make_plan
+
+
+def restored(s: SweepSearcher, tmp_path) -> SweepSearcher:
+    s.save(str(tmp_path / "state.json"))
+    back = pickle.loads(pickle.dumps(s))  # what Tune does with the searcher in tuner.pkl ...
+    back.restore(str(tmp_path / "state.json"))  # ... then its saved state
+    return back
+
+
+def test_lost_search_entry_is_reissued_with_same_key_and_params_held_one_is_not(tmp_path) -> None:
+    plan = make_plan(methods=["ssf"], tasks=["digits"], trials=4)
+    s = SweepSearcher(plan)
+    issued = [(f"t{n}", planning.TrialSpec.from_config(s.suggest(f"t{n}"))) for n in range(4)]
+    s.on_trial_complete("t0", {"val_acc": 50.0, "epoch": plan.cells[0].run.epochs})
+    back = restored(s, tmp_path)
+    # Tune restored t0 (done), t1 and t3 (running); t2 was suggested but is not in its trial list.
+    assert back.reconcile({"t0", "t1", "t3"}) == ["t2"]
+    again = planning.TrialSpec.from_config(back.suggest("n1"))
+    lost = issued[2][1]
+    assert (again.cell, again.key, again.seed, again.params) == (lost.cell, lost.key, lost.seed, lost.params)
+    # Nothing else is re-issued: t1 and t3 (held) are not suggested again, and the search is complete.
+    assert back.suggest("n2") is None
+    for tid in ("t1", "t3", "n1"):
+        back.on_trial_complete(tid, {"val_acc": 51.0, "epoch": plan.cells[0].run.epochs})
+    rest, end = drain(back)
+    assert end == Searcher.FINISHED
+    keys = [sp.key for _, sp in issued] + [again.key] + [sp.key for _, sp in rest]
+    # search-02 twice (lost, then re-issued), every other key of the cell once.
+    expected = [f"search-{i:02d}" for i in range(4)] + ["search-02"] + [f"final-s{x}" for x in plan.cells[0].seeds]
+    assert sorted(keys) == sorted(expected)
+
+def test_lost_final_entry_is_reissued_with_same_seed_and_chosen_params(tmp_path) -> None:
+    plan = make_plan(methods=["ssf"], tasks=["digits"], trials=2)
+    s = SweepSearcher(plan)
+    for n in range(2):
+        s.suggest(f"s{n}")
+        s.on_trial_complete(f"s{n}", {"val_acc": 50.0 + n, "epoch": plan.cells[0].run.epochs})
+    finals = [(f"f{n}", planning.TrialSpec.from_config(s.suggest(f"f{n}"))) for n in range(len(plan.cells[0].seeds))]
+    assert all(sp.phase == planning.FINAL for _, sp in finals)
+    back = restored(s, tmp_path)
+    held = {"s0", "s1"} | {tid for tid, _ in finals[1:]}
+    assert back.reconcile(held) == ["f0"]
+    again = planning.TrialSpec.from_config(back.suggest("g0"))
+    assert (again.key, again.seed, again.params, again.chosen_val_acc) == \
+        (finals[0][1].key, finals[0][1].seed, finals[0][1].params, finals[0][1].chosen_val_acc)
+    assert back.suggest("g1") is None  # the other finals are held: not re-issued
+    for tid in ["g0"] + [tid for tid, _ in finals[1:]]:
+        back.on_trial_complete(tid, {"test_acc": 60.0, "epoch": plan.cells[0].run.epochs})
+    assert back.suggest("g2") == Searcher.FINISHED
+
+
+def test_limiter_drops_the_lost_trial_from_its_live_trials(tmp_path) -> None:
+    plan = make_plan(methods=["ssf"], tasks=["digits"], trials=4)
+    limiter = Limiter(SweepSearcher(plan), max_concurrent=2)
+    limiter.suggest("t0"), limiter.suggest("t1")
+    assert limiter.suggest("t2") is None  # two live: the limit
+    state = limiter.get_state()
+    limiter.searcher.save(str(tmp_path / "state.json"))
+    back = pickle.loads(pickle.dumps(limiter))
+    back.searcher.restore(str(tmp_path / "state.json"))
+    back.set_state(state)
+    back.reconcile({"t0"})  # Tune holds t0 only
+    assert back.live_trials == {"t0"}
+    lost = planning.TrialSpec.from_config(back.suggest("n1"))  # a free slot, and the lost entry again
+    assert lost.key == "search-01"
