@@ -394,7 +394,14 @@ def search(
         help="output folder (default <workdir>/analysis/<backbone>/<task>/search-<method>)")] = None,
     workdir: Workdir = DEFAULT_WORKDIR,
 ) -> None:
-    """Parameter importance and parallel coordinates of a cell's search, from its Optuna study (PNG files)."""
+    """Parameter importance and parallel coordinates of a cell's search, from its Optuna study (PNG files).
+
+    Examples:
+
+      alorectl analyze search --backbone demo --task digits --method alore
+
+      alorectl analyze search --backbone vit_b --task cifar --method lora --sweep vtab --out pictures/
+    """
     import optuna
 
     from alorectl.results import pictures

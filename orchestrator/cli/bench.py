@@ -152,7 +152,14 @@ def scale(
                                                 "as whole commands (interpreter start and imports)")] = True,
 ) -> None:
     """The real sweep (plan, searcher, Tune, database, MLflow, leaderboard, resume) on a simulated cluster of
-    local Ray nodes; only the trial body is simulated. Prints makespan vs the plan's estimate, occupancy, lag."""
+    local Ray nodes; only the trial body is simulated. Prints makespan vs the plan's estimate, occupancy, lag.
+
+    Examples:
+
+      alorectl bench scale vtab --backbones vit_b --slots 16 --nodes 2 --trial-seconds 1 --epochs 10
+
+      alorectl bench scale vtab --backbones vit_b,vit_l,vit_h --slots 64 --nodes 8 --trial-seconds 2 --epochs 10 --json
+    """
     import tempfile
 
     from alorectl.bench.scale import Options, run_bench
