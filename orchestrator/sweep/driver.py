@@ -80,7 +80,8 @@ class Hooks:
 
 
 def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True,
-                   on_slow_step: Callable[[str], None] = lambda step: None) -> tuple[Path, dict[str, str | None]]:
+                   on_slow_step: Callable[..., None] = lambda step, record=True: None,
+                   ) -> tuple[Path, dict[str, str | None]]:
     """The data root and per-backbone weights, with ``{workdir}`` filled in; checked before anything runs.
 
     A backbone without weights gets its pretrained checkpoint (timm's tag), fetched once into
@@ -125,7 +126,8 @@ def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True,
             weights[b] = backbones.RANDOM
         elif given in (None, "timm", "hub"):
             fresh = not workdir.exists()
-            on_slow_step(f"fetching the pretrained weights of {b}")
+            # Not recorded yet: a fetch that fails (offline, no cache) is refused with nothing written.
+            on_slow_step(f"fetching the pretrained weights of {b}", False)
             weights[b] = str(backbones.fetch_pretrained(b, workdir / "weights"))
             if fresh:  # created by the fetch: owner-only like every work folder
                 for folder in (workdir, workdir / "weights"):
@@ -139,7 +141,7 @@ def resolve_inputs(preset: Preset, workdir: Path, fetch: bool = True,
 
 
 def make_plan(preset: Preset, settings: Settings, fetch: bool = True,
-              on_slow_step: Callable[[str], None] = lambda step: None) -> planning.SweepPlan:
+              on_slow_step: Callable[..., None] = lambda step, record=True: None) -> planning.SweepPlan:
     root, weights = resolve_inputs(preset, settings.workdir, fetch=fetch, on_slow_step=on_slow_step)
     return planning.build(preset, settings.name, root, weights)
 
@@ -300,11 +302,11 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
     hooks.on_step("checking data and weights")
     preparing: dict[str, Any] = {}
 
-    def slow_step(step: str) -> None:
+    def slow_step(step: str, record: bool = True) -> None:
         # The inputs checked out (nothing is written before that): `sweep status` sees the sweep from now on.
-        if not preparing and settings.db_url.startswith("sqlite"):
+        if record and not preparing and settings.db_url.startswith("sqlite"):
             security.make_private(settings.workdir)
-        if not preparing:
+        if record and not preparing:
             preparing["engine"] = db.connect(settings.db_url)
             # A sweep already recorded keeps its row as it is: only the inputs a run used are ever recorded.
             if settings.name not in db.sweep_names(preparing["engine"]):
@@ -332,12 +334,16 @@ def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
     if settings.db_url.startswith("sqlite") and not settings.workdir.exists():
         security.make_private(settings.workdir)  # owner-only from the start: the embedded database lives in it
     engine = db.connect(settings.db_url)
-    recorded = settings.name in db.sweep_names(engine)
-    if recorded and bool(db.sweep_config(engine, settings.name).get("simulated")) != simulated:
-        raise AloreError(f"sweep {settings.name!r} is " + ("simulated: only alorectl bench scale continues it"
-                         if not simulated else "a real sweep: a simulation cannot continue it"))
-    if recorded and not force_new:  # the same plan continues; other inputs under this name are refused
-        preflight.check_same_plan(settings.name, db.sweep_config(engine, settings.name), preset)
+    try:
+        recorded = settings.name in db.sweep_names(engine)
+        if recorded and bool(db.sweep_config(engine, settings.name).get("simulated")) != simulated:
+            raise AloreError(f"sweep {settings.name!r} is " + ("simulated: only alorectl bench scale continues it"
+                             if not simulated else "a real sweep: a simulation cannot continue it"))
+        if recorded and not force_new:  # the same plan continues; other inputs under this name are refused
+            preflight.check_same_plan(settings.name, db.sweep_config(engine, settings.name), preset)
+    except BaseException:
+        engine.dispose()  # a refusal leaves no SQLite -wal/-shm files behind
+        raise
     security.make_private(settings.workdir)
     with lock.hold(settings.workdir, settings.name):  # one driver per name: refused at once while one runs
         if force_new:  # its rows and its Tune folder (also one left without rows)

@@ -128,6 +128,8 @@ class Track:
 
     def register_best(self, engine: Any) -> list[Any] | None:
         """The sweep's best method per (backbone, task) by val200 in MLflow's registry (alias ``best``)."""
+        if self.simulated:  # stand-in weights are never registered as models
+            return None
         rows = [{**r, "sweep": self.plan.name} for r in db.results_of(engine, self.plan.name)]
         return self._guard("the model registry", lambda: self.tracker.register_best(rows))
 
@@ -190,6 +192,8 @@ class Track:
                                   "params_m": r.trainable_params / 1e6})
         if r.artifact_dir is not None and Path(r.artifact_dir).is_dir():
             self.tracker.artifacts(parent, Path(r.artifact_dir), "final")
+        if r.artifact_dir is not None and Path(r.artifact_dir).is_dir() and not self.simulated:
+            # A simulated final run's merged file is a stand-in: there is no model to log.
             self.tracker.model(parent, r.cell.backbone, r.suite, Path(r.artifact_dir),
                                {**r.cell.as_dict(), "sweep": self.plan.name, "val_acc": r.val_acc,
                                 "test_acc": r.test_acc_mean, "suite": r.suite})
