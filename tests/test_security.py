@@ -261,8 +261,8 @@ def test_an_experiment_folder_owned_by_another_user_is_refused(recorded) -> None
 def test_rerunning_a_recorded_sweep_checks_its_folder_too(recorded, demo_dir, tmp_path) -> None:
     work, experiment, marker = recorded
     os.chmod(experiment, 0o777)
-    preset = tmp_path / "p.yaml"
-    preset.write_text(yaml.safe_dump(tiny_preset(demo_dir)))
+    preset = tmp_path / "p.yaml"  # the recorded plan (1 trial, 1 epoch): a rerun that continues it
+    preset.write_text(yaml.safe_dump(tiny_preset(demo_dir, search={"trials": 1}, train={"epochs": 1})))
     result = runner.invoke(app, ["sweep", str(preset), "--name", "old", "--workdir", str(work)])
     assert result.exit_code == 2 and "writable by group or others" in result.stderr, result.output
     assert not marker.exists()

@@ -20,7 +20,7 @@ from alorectl.results.export import export_result, register_result
 from alorectl.results.leaderboard import build, check_choices, default_backbone
 from alorectl.results.plot import check_path as check_plot_path
 from alorectl.results.plot import draw
-from alorectl.results.render import board_table, plain_csv, print_table
+from alorectl.results.render import SIMULATED_LABEL, board_table, plain_csv, print_table
 from alorectl.results.store import open_results
 
 from .app import console, fail
@@ -70,6 +70,8 @@ def leaderboard(
     if not board.rows:
         fail(f"no results for backbone {backbone!r} ({suite}) in {db.mask_url(defaults.db_url(workdir, db_flag))}; "
              "run a sweep first: alorectl sweep demo")
+    if simulated and fmt != "table":  # the table says it in its title; other formats get a line on stderr
+        sys.stderr.write(f"{SIMULATED_LABEL}\n")
     if fmt == "markdown":
         sys.stdout.write(db.to_markdown(board) + "\n")
     elif fmt == "csv":
