@@ -29,6 +29,7 @@ PRESET = {
     "backbones": ["demo"], "tasks": ["digits"], "methods": ["alore", "lora", "vpt"],
     "search": {"algorithm": "optuna", "trials": 3, "scheduler": "fifo"},
     "space": {"lr": [0.01, 0.005], "weight_decay": [0.001], "dropout": [0.1, 0.0]},
+    "method_space": {"vpt": {"dropout": [0.0]}},  # VPT's grid: 2 points, its whole grid in 2 trials
     "train": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32}, "final": {"seeds": [42]},
     "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
 }
