@@ -349,7 +349,7 @@ def _sweep(plan: planning.SweepPlan, preset_file: Path, table: Path, workdir: Pa
     seen: dict[tuple, float] = {}
     drivers = [Driver(["sweep", "run", str(preset_file), "--name", opts.name, *common], env, log)]
     on_step(f"running {total} simulated trials of {len(plan.cells)} cells")
-    killed_driver_at = killed_node_at = resumed_at = None
+    killed_driver_at = killed_node_at = None
     began = shown = time.time()
     while True:
         now = time.time()
@@ -364,7 +364,6 @@ def _sweep(plan: planning.SweepPlan, preset_file: Path, table: Path, workdir: Pa
             drivers[-1].kill()
             killed_driver_at = time.time()
             drivers.append(Driver(["sweep", "resume", opts.name, *common], env, log))
-            resumed_at = time.time()
             on_step("resuming: alorectl sweep resume")
             continue
         if opts.kill_node_at is not None and killed_node_at is None and len(seen) >= opts.kill_node_at * total \
