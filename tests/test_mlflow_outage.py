@@ -154,3 +154,18 @@ def test_a_run_cut_short_after_create_run_is_redone_not_completed_empty(tmp_path
     for r in parents:
         assert r.data.tags.get("alore.complete") == "1"
         assert {a.path for a in client.list_artifacts(r.info.run_id, "final")} >= {"final/adapter.safetensors"}
+
+
+def test_a_trials_record_is_split_into_log_batch_calls_within_mlflows_limits() -> None:
+    """One call for a small run; larger ones never exceed 100 params, 100 tags or 1,000 entities a call, and
+    every param, metric and tag is sent once, in order."""
+    from alorectl.tracking.client import batches
+
+    assert len(batches(["p"] * 5, ["m"] * 300, ["t"] * 3)) == 1
+    params, metrics, tags = [f"p{i}" for i in range(250)], [f"m{i}" for i in range(2500)], [f"t{i}" for i in range(120)]
+    calls = batches(params, metrics, tags)
+    for p, m, t in calls:
+        assert len(p) <= 100 and len(t) <= 100 and len(p) + len(m) + len(t) <= 1000
+    assert [x for c in calls for x in c[0]] == params
+    assert [x for c in calls for x in c[1]] == metrics
+    assert [x for c in calls for x in c[2]] == tags

@@ -42,6 +42,12 @@ from .plan import SweepPlan, TrialSpec
 from .searcher import METRIC, MODE, Search, SweepSearcher
 from .searcher import Limiter as RetryLimiter
 
+#: Checkpoints Tune keeps per trial. With ``num_to_keep=N`` Tune snapshots the whole experiment's state (every
+#: trial and the searcher) whenever a trial has checkpointed N times since the last snapshot, so that no
+#: snapshot names a deleted checkpoint: with 1 that is on nearly every report of any trial, and the snapshot was
+#: the largest item in the driver's loop (``alorectl bench scale``). With 2 a trial must report twice between
+#: snapshots, so they come at the reporting period (``cadence``), and a trial's folder holds at most 2.
+KEEP_CHECKPOINTS = 2
 RAY_DIR = "ray"  # <workdir>/ray/<sweep>: the one place the storage layout is spelled
 
 
@@ -74,7 +80,8 @@ def start_ray(address: str | None, log_dir: Path | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Checkpointing every epoch is deliberate (resume); Tune's warning about it is noise here.
+    # Tune warns on every snapshot that two come within 5 s; how often trials report (and so how often a
+    # snapshot is forced, see KEEP_CHECKPOINTS) is bounded by the sweep's cadence instead.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")  # a busy 2-core laptop is not a Tune bottleneck
     # Final runs report test accuracy and no val200 (there is none on train800val200); ASHA, which prunes
@@ -293,7 +300,7 @@ def tuner(plan: SweepPlan, workdir: Path, *, cpus_per_trial: float, gpus_per_tri
     run = tune.RunConfig(name=plan.name, storage_path=str(storage(workdir)), verbose=0,
                          callbacks=[Events(), JsonLoggerCallback()],
                          failure_config=tune.FailureConfig(max_failures=2),
-                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+                         checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS))
     return tune.Tuner(trainable, tune_config=config, run_config=run)
 
 

@@ -32,9 +32,12 @@ from alorectl.db.urls import mask_text
 #: MLflow's settings for a client that must not stall a sweep, applied by :func:`configure` (never at import).
 #: A tracking server that went away should cost seconds, not MLflow's default minutes of retries: the sweep
 #: goes on and the cell is logged later (see :mod:`alorectl.tracking.observer`); and MLflow's "View run ... at:
-#: <tracking URI>" line on every finished run would be noise in a progress display.
+#: <tracking URI>" line on every finished run would be noise in a progress display. MLflow 3's usage telemetry
+#: wraps every client call and ships records from background threads: a cluster's driver, often offline, must
+#: spend nothing on it (a user who wants it sets MLFLOW_DISABLE_TELEMETRY=false).
 CLIENT_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+                   "MLFLOW_DISABLE_TELEMETRY": "true"}
 USERNAME, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 
 
@@ -149,16 +152,25 @@ class Tracker:
         return self.create_run(experiment_id, key, name, tags, parent, start_time)
 
     @guarded
-    def fresh_run(self, experiment_id: str, key: str, name: str, tags: dict[str, str], parent: str | None = None,
-                  start_time: int | None = None) -> str | None:
-        """A new run for ``key``, or None when a complete one exists. A run without the completion tag was cut
-        short (the driver died, or MLflow went away, while logging it): it is deleted and logged again whole."""
-        found = self.find_run(experiment_id, key)
-        if found is not None:
-            if found.data.tags.get(COMPLETE) == "1":
-                return None
-            self.client.delete_run(found.info.run_id)
-        return self.create_run(experiment_id, key, name, tags, parent, start_time)
+    def runs_by_key(self, experiment_id: str) -> dict[str, tuple[str, bool]]:
+        """Every live run of the experiment tagged ``alore.key``: key -> (run id, complete), in a few paged
+        searches (a complete run wins over one cut short under the same key)."""
+        out: dict[str, tuple[str, bool]] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([experiment_id], max_results=1000, page_token=token)
+            for r in page:
+                key = r.data.tags.get("alore.key")
+                complete = r.data.tags.get(COMPLETE) == "1"
+                if key is not None and (key not in out or complete):
+                    out[key] = (r.info.run_id, complete)
+            token = page.token
+            if not token:
+                return out
+
+    @guarded
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
 
     @guarded
     def complete(self, run_id: str, status: str = "FINISHED", end_time: int | None = None) -> None:
@@ -168,7 +180,11 @@ class Tracker:
 
     @guarded
     def log(self, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
-            history: list[dict[str, Any]] | None = None, tags: dict[str, str] | None = None, step: int = 0) -> None:
+            history: list[dict[str, Any]] | None = None, tags: dict[str, str] | None = None, step: int = 0,
+            fresh: bool = False) -> None:
+        """Params, metrics (a summary at ``step`` and the per-epoch ``history``) and tags, in as few calls as
+        MLflow's batch limits allow (each call is a transaction of the store). ``fresh``: a run just created,
+        so no parameter can be logged already (MLflow refuses to change one) and none is looked up."""
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if _finite(v)]
         for row in history or []:
@@ -177,15 +193,11 @@ class Tracker:
             # "lr" is also a searched parameter: the per-epoch learning rate is "lr_now".
             batch += [Metric(HISTORY.get(k, k), float(v), stamp, step) for k, v in row.items()
                       if k in HISTORY and _finite(v)]
-        existing = set(self.client.get_run(run_id).data.params) if params else set()
+        existing = set(self.client.get_run(run_id).data.params) if params and not fresh else set()
         plist = [Param(k, v) for k, v in flatten(params or {}).items() if k not in existing]
-        # MLflow's batch limits: 100 params, 1000 metrics per call.
-        for i in range(0, len(plist), 90):
-            self.client.log_batch(run_id, params=plist[i:i + 90])
-        for i in range(0, len(batch), 900):
-            self.client.log_batch(run_id, metrics=batch[i:i + 900])
-        if tags:
-            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        tlist = [RunTag(k, v) for k, v in (tags or {}).items()]
+        for p, m, t in batches(plist, batch, tlist):
+            self.client.log_batch(run_id, metrics=m, params=p, tags=t)
 
     @guarded
     def artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
@@ -216,6 +228,24 @@ class Tracker:
                 done.append(register(self.client, *key, best["mlflow_run_id"], best["val_acc"],
                                      tags={"method": best["method"], "sweep": str(best.get("sweep", ""))}))
         return done
+
+
+#: MLflow's limits on one ``log_batch`` call (``mlflow.utils.validation``), with room to spare.
+BATCH_PARAMS, BATCH_TAGS, BATCH_ENTITIES = 90, 90, 900
+
+
+def batches(params: list, metrics: list, tags: list) -> list[tuple[list, list, list]]:
+    """Split params, metrics and tags into ``log_batch`` calls within MLflow's limits (at most 100 params,
+    100 tags, 1000 entities per call); a small run's whole record is one call."""
+    out: list[tuple[list, list, list]] = []
+    params, metrics, tags = list(params), list(metrics), list(tags)
+    while params or metrics or tags:
+        p, params = params[:BATCH_PARAMS], params[BATCH_PARAMS:]
+        t, tags = tags[:BATCH_TAGS], tags[BATCH_TAGS:]
+        room = BATCH_ENTITIES - len(p) - len(t)
+        m, metrics = metrics[:room], metrics[room:]
+        out.append((p, m, t))
+    return out
 
 
 HISTORY = {"train_loss": "train_loss", "train_acc": "train_acc", "val_acc": "val_acc", "test_acc": "test_acc",

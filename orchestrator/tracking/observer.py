@@ -103,6 +103,7 @@ class Track:
         self.down_until = 0.0
         self._experiment: str | None = None
         self._parents: dict[Cell, str] = {}
+        self._index: dict[str, tuple[str, bool]] | None = None  # the sweep experiment's runs (see _runs)
         self.links: dict[str, str] = {}  # experiment name -> id, for the deep links printed at the end
 
     # ---- guarded entry points: never raise, return None when MLflow is away ------------------------
@@ -114,6 +115,7 @@ class Track:
             return fn()
         except TrackingUnavailable as err:
             self.down_until = time.monotonic() + RETRY_AFTER_S
+            self._index = None  # a call may have half-succeeded: read MLflow's runs again when it is back
             self.warn(f"MLflow logging of {what} failed ({err}); the result is in the database and "
                       f"`alorectl sweep resume {self.plan.name}` will log it")
             return None
@@ -150,13 +152,25 @@ class Track:
             self.links[experiment_name(self.plan.name)] = self._experiment
         return self._experiment
 
+    def _runs(self) -> dict[str, tuple[str, bool]]:
+        """The sweep experiment's runs by ``alore.key`` -> (run id, complete), read from MLflow once (and again
+        after an outage) and kept up to date here: this driver is the experiment's one writer (the sweep
+        lock), so a trial costs no search of a table that grows to thousands of runs."""
+        if self._index is None:
+            self._index = self.tracker.runs_by_key(self.experiment())
+        return self._index
+
     def parent(self, cell: Cell, start_time: int | None = None) -> str:
         if cell not in self._parents:
             name = cell.label + (f" · {cell.backbone}" if self.several_backbones else "")
             tags = {"backbone": cell.backbone, "task": cell.task, "method": cell.method, "sweep": self.plan.name,
                     **self.marks}
-            self._parents[cell] = self.tracker.find_or_create_run(self.experiment(), f"{self.plan.name}/{cell.key}",
-                                                                  name, tags, start_time=start_time)
+            key = f"{self.plan.name}/{cell.key}"
+            found = self._runs().get(key)  # complete or not: a cell's run is filled in place
+            if found is None:
+                found = (self.tracker.create_run(self.experiment(), key, name, tags, start_time=start_time), False)
+                self._runs()[key] = found
+            self._parents[cell] = found[0]
         return self._parents[cell]
 
     def _trial(self, outcome: TrialOutcome, history: list[dict[str, Any]]) -> str:
@@ -165,10 +179,15 @@ class Track:
         tags = {"backbone": spec.cell.backbone, "task": spec.cell.task, "method": spec.cell.method,
                 "sweep": self.plan.name, "protocol": spec.phase, **self.marks}
         key = f"{spec.cell.key}/{spec.key}"
-        run = self.tracker.fresh_run(self.experiment(), key, spec.run_name, tags, parent=parent,
-                                     start_time=_ms(outcome.started_at))
-        if run is None:  # logged completely before (a replay after the database missed the id)
-            return self.tracker.find_run(self.experiment(), key).info.run_id
+        found = self._runs().get(key)
+        if found is not None and found[1]:  # logged completely before (a replay after the database missed the id)
+            return found[0]
+        if found is not None:  # cut short (the driver died, or MLflow went away, while logging it): redone whole
+            self.tracker.delete_run(found[0])
+            del self._runs()[key]
+        run = self.tracker.create_run(self.experiment(), key, spec.run_name, tags, parent=parent,
+                                      start_time=_ms(outcome.started_at))
+        self._runs()[key] = (run, False)
         m = outcome.metrics
         # val_acc/test_acc come per epoch with the history; the summary adds what the history lacks.
         logged = {k for row in history for k in row}
@@ -177,11 +196,11 @@ class Track:
             metrics["params_m"] = m["trainable_params"] / 1e6
         self.tracker.log(run, params={**spec.params, "seed": spec.seed, "protocol": spec.phase,
                                       "epochs": spec.run.epochs, "weights": spec.run.weights or "random"},
-                         metrics=metrics, history=history, step=int(m.get("epoch", 0)))
-        if outcome.error:
-            self.tracker.log(run, tags={"error": outcome.error[:500]})
+                         metrics=metrics, history=history, step=int(m.get("epoch", 0)), fresh=True,
+                         tags={"error": outcome.error[:500]} if outcome.error else None)
         self.tracker.complete(run, "FAILED" if outcome.status == "failed" else "FINISHED",
                               end_time=_ms(outcome.finished_at))
+        self._runs()[key] = (run, True)
         return run
 
     def _cell(self, r: CellResult) -> str:
