@@ -32,6 +32,7 @@ from .checks import describe, fits
 from .backbones import HUB, RANDOM, create_backbone, data_config, is_small_test, pretrained_tag
 from .data import PROTOCOLS, SUITES, load_task, task_info
 from .device import autocast_for, pick_device
+from .callbacks import Callbacks  # noqa: F401  (the hooks fit() calls; re-exported)
 from .errors import ConfigError, UnknownChoiceError, WeightsError
 from .files import atomic_path
 from .methods import get_method
@@ -142,22 +143,6 @@ def check_resume(config: TrainConfig, folder: str | os.PathLike) -> dict[str, An
         raise ConfigError(f"checkpoint in {folder} belongs to another configuration; "
                           "use a new output folder or the same options")
     return state
-
-
-class Callbacks:
-    """Hooks the CLI (progress bar) and the sweep (Ray Tune reports) implement."""
-
-    def on_start(self, model: nn.Module, data: Any) -> None:
-        """Once the model is built and the data decoded, before the first step."""
-
-    def on_data(self, done: int, total: int) -> None:
-        """Images decoded so far (only the first pass decodes)."""
-
-    def on_step(self, epoch: int, step: int, steps: int, stats: dict[str, float]) -> None:
-        """After each optimizer step; ``stats`` has loss, acc (running, percent), images_per_s, lr."""
-
-    def on_epoch(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        """After each epoch, once its checkpoint (if any) is on disk."""
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float) -> float:

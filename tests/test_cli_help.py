@@ -46,3 +46,24 @@ def test_help_has_an_example_and_plain_flags(path: tuple[str, ...]) -> None:
 
 def test_the_sweep_preset_shortcut_is_mentioned() -> None:
     assert "alorectl sweep PRESET" in help_of("sweep")
+
+
+HEAVY = ("torch", "timm", "ray", "mlflow", "optuna", "pandas")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["sweep", "--help"], ["sweep", "status", "demo"], ["leaderboard"]],
+                         ids=["help", "sweep-help", "status", "leaderboard"])
+def test_quick_commands_load_no_training_or_tracking_stack(tmp_path, args) -> None:
+    """``--help``, ``sweep status`` and ``leaderboard`` (a person runs them often, and a sweep's operator
+    polls them) import neither torch, timm, Ray, MLflow, Optuna nor pandas: seconds of import each."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\nfrom alorectl.cli import main\nsys.argv = ['alorectl', *json.loads(sys.argv[1])]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps([*args, *(["--workdir", str(tmp_path)]
+                                                                           if "--help" not in args else [])])],
+                         capture_output=True, text=True, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [], out.stdout + out.stderr

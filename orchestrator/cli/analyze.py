@@ -20,18 +20,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from alore import analysis
-from alore.backbones import resolve
 from alore.data import DEMO_TASKS
-from alore.device import autocast_for, pick_device
 from alore.errors import AloreError, ConfigError, UnknownChoiceError, WeightsError
 from alore.files import write_text
-from alore.methods import get_method
 
-from .app import App, console, err_console, split_csv
+from .app import App, Lazy, console, err_console, split_csv
 from alorectl.security import check_name, inside
 from .options import DEFAULT_WORKDIR, DbUrl, TrackingUri, Workdir
 from .options import tracking_uri as resolve_tracking_uri
+
+analysis, backbones = Lazy("alore.analysis"), Lazy("alore.backbones")   # torch: imported when a command runs
+devices, registry = Lazy("alore.device"), Lazy("alore.methods")
 
 app = App(help="The paper's analyses of a finished run: experts (table 22), attention maps (figures 4, 7), "
                "t-SNE of [CLS] embeddings (figure 5).")
@@ -122,9 +121,9 @@ def locate(workdir: Path, db_flag: str | None, backbone: str | None, task: str |
         if value is not None:
             check_name(kind, value)
     if backbone is not None:
-        resolve(backbone)
+        backbones.resolve(backbone)
     if method is not None:
-        get_method(method)
+        registry.get_method(method)
     if source is not None:
         info, config, metrics, run_id = _from_folder(source)
         stored = {"backbone": info.backbone, "task": info.task or metrics.get("task"), "method": info.method}
@@ -175,12 +174,12 @@ def rebuild(cell: CellFiles, device: str, limit: int | None = None) -> tuple[Any
     """(model, eval split, autocast) of ``cell`` on ``device``."""
     import torch
 
-    dev = pick_device(device)
+    dev = devices.pick_device(device)
     if cell.weights is None:
         torch.manual_seed(cell.seed)  # a run without weights started from this seed's random backbone (train.fit)
     model = analysis.load_model(cell.adapter, cell.weights, dev)
     split = analysis.load_eval_split(model, cell.data_root, cell.suite, cell.task, cell.adapter.num_classes, dev)
-    return model, analysis.subset(split, limit), autocast_for(dev)
+    return model, analysis.subset(split, limit), devices.autocast_for(dev)
 
 
 def output_folder(out: Path | None, workdir: Path, cell: CellFiles) -> Path:

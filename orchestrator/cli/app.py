@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -136,6 +137,18 @@ class App(typer.Typer):
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+class Lazy:
+    """A module imported on first attribute access. The root app imports every command module to list its
+    commands, and torch, Ray and MLflow take seconds to import: quick commands (``sweep status``,
+    ``leaderboard``, ``--help``) must not wait for them."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
 
 
 def split_csv(value: str | None) -> list[str]:

@@ -10,11 +10,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from alore.benchmark import check_args, inference_rows
-from alore.device import pick_device
 from alore.errors import ConfigError, DataError, UnknownChoiceError
 
-from .app import App, console, print_json, split_csv
+from .app import App, Lazy, console, print_json, split_csv
+
+benchmark, devices = Lazy("alore.benchmark"), Lazy("alore.device")  # torch: imported when a benchmark runs
 
 app = App(help="Benchmarks: tables of ratios measured in one run.")
 
@@ -34,11 +34,11 @@ def inference(
 
       alorectl bench inference --backbone vit_b --methods alore,lora --device cuda
     """
-    check_args(backbone, split_csv(methods), batch_size, steps)
-    dev = pick_device(device)
+    benchmark.check_args(backbone, split_csv(methods), batch_size, steps)
+    dev = devices.pick_device(device)
     if not as_json:
         console.print(f"[dim]{backbone} on {dev}, batch {batch_size}, {steps} steps per model[/]", highlight=False)
-    rows = inference_rows(backbone, split_csv(methods), batch_size, steps, dev,
+    rows = benchmark.inference_rows(backbone, split_csv(methods), batch_size, steps, dev,
                           on_row=None if as_json else lambda r: console.print(
                               f"  {r['model']:<28} {r['images_per_s']:9.1f} img/s  x{r['ratio']:.3f}", highlight=False))
     if as_json:
@@ -70,8 +70,8 @@ def train(
     from alore.benchmark import train_rows
 
     names = split_csv(methods)
-    check_args(backbone, names, batch_size, steps)
-    dev = pick_device(device)
+    benchmark.check_args(backbone, names, batch_size, steps)
+    dev = devices.pick_device(device)
     rows = train_rows(backbone, names, batch_size, steps, dev, on_row=None if as_json else lambda r: console.print(
         f"  {r['method']:<12} {r['step_ms']:8.1f} ms/step  {r['images_per_s']:8.1f} img/s", highlight=False))
     if as_json:
@@ -211,11 +211,14 @@ def summary_line(r: dict) -> str:
             f"({r['nodes']} nodes, {r['trial_seconds']:g} s per ViT-B trial, {r['epochs']} epochs): makespan "
             f"{f('makespan_s', '.1f')} s vs the plan's {f('ideal_makespan_s', '.1f')} s (x{f('makespan_ratio')}), "
             f"occupancy {f('occupancy')}, {f('results_per_s', '.1f')} results/s, lag median {f('lag_s_median')} s "
-            f"max {f('lag_s_max')} s, driver {f('driver_cpu_s', '.0f')} CPU-s peak {f('driver_peak_rss_mb', '.0f')} MB, "
+            f"max {f('lag_s_max')} s, driver {f('driver_cpu_s', '.0f')} CPU-s ({f('driver_cpu_ms_per_trial', '.0f')} ms "
+            f"per trial, {f('driver_cpu_share')} of one core) peak {f('driver_peak_rss_mb', '.0f')} MB, "
             f"experiment state {f('experiment_state_mb', '.1f')} MB, status {f('status_s')} s, leaderboard "
             f"{f('leaderboard_s')} s")
     if "restore_s" in r:
         text += f"; {r['killed']} killed: restore {f('restore_s', '.1f')} s, lost {f('lost_trial_s', '.1f')} trial-s"
     text += ("; every trial once in the database and MLflow, every cell on the leaderboard" if ok else
              f"; CHECK FAILED: {json.dumps({k: r[k] for k in r if k.startswith(('db_', 'mlflow_', 'cells_'))})}")
-    return text + f". Merged weights: {r['merged_weights']}. Workdir: {r['workdir']}"
+    return text + (f". Machine: {r.get('machine_cpus')} cores, load average {r.get('load_avg_1m')} at the end (the "
+                   f"simulated nodes share them with the driver). Merged weights: {r['merged_weights']}. "
+                   f"Workdir: {r['workdir']}")

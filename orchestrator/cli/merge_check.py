@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
 import typer
 from rich.table import Table
 
 import alore
-from alore.api import merge_error
-from alore.backbones import data_config
-from alore.methods import get_method
 
 from .app import console, fail, print_json, split_csv
 
@@ -30,6 +26,12 @@ def check_merge(
 
       alorectl check-merge --backbone vit_b --methods alore,lora
     """
+    import torch  # here, not at import: the root app lists this command without loading torch
+
+    from alore.api import merge_error
+    from alore.backbones import data_config
+    from alore.methods import get_method
+
     names = split_csv(methods) or alore.mergeable_methods()
     alore.backbones.resolve(backbone)
     for name in names:

@@ -9,8 +9,6 @@ from rich.table import Table
 
 import alore
 from alore.errors import AloreError
-from alore.methods import get_method
-
 from .app import console, print_json, split_csv
 
 
@@ -20,7 +18,7 @@ def count_rows(backbone: str, methods: list[str], num_classes: int) -> list[dict
     alore.backbones.resolve(backbone)
     rows = []
     for name in methods:
-        spec = get_method(name)
+        spec = alore.methods.get_method(name)
         model = alore.create_backbone(backbone, num_classes, device="meta")  # no weights, no memory
         row = {"method": name, "trainable_params": None, "supported": True, "reason": None,
                "mergeable": spec.mergeable, "formula": spec.paper_params, "description": spec.description}
@@ -50,7 +48,7 @@ def params(
     """
     names = [n for item in (method or []) for n in split_csv(item)] or list(alore.METHODS)
     for name in names:
-        get_method(name)  # fail on a bad name before building anything
+        alore.methods.get_method(name)  # fail on a bad name before building anything
     rows = count_rows(backbone, names, classes)
     if as_json:
         keys = ("method", "trainable_params", "supported", "reason", "mergeable", "formula")

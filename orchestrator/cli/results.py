@@ -16,15 +16,16 @@ import typer
 from alore.data import SUITES
 from alore.errors import UnknownChoiceError
 from alorectl import db, defaults
-from alorectl.results.export import export_result, register_result
 from alorectl.results.leaderboard import build, check_choices, default_backbone
 from alorectl.results.plot import check_path as check_plot_path
 from alorectl.results.plot import draw
 from alorectl.results.render import SIMULATED_LABEL, board_table, plain_csv, print_table
 from alorectl.results.store import open_results
 
-from .app import console, fail
+from .app import Lazy, console, fail
 from .options import DEFAULT_WORKDIR, DbUrl, TrackingUri, Workdir
+
+exporting = Lazy("alorectl.results.export")  # torch and timm: imported when an export runs, not for the leaderboard
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -110,7 +111,7 @@ def export(
 
       python -c "import alore; print(alore.load_export('best/'))"
     """
-    done = export_result(workdir, db_flag, tracking_uri, backbone, task, method, out, force, register=register)
+    done = exporting.export_result(workdir, db_flag, tracking_uri, backbone, task, method, out, force, register=register)
     card = done.card
     if done.chosen_by_val:
         val = f"{card['val_acc']:.2f}%" if card["val_acc"] is not None else "-"
@@ -123,7 +124,7 @@ def export(
     if card["merged"]:
         console.print(f"or with alore:\n  {card['load_alore']}", highlight=False, markup=False, soft_wrap=True)
     if register:
-        reg = register_result(done, backbone, task, defaults.tracking_uri(workdir, tracking_uri))
+        reg = exporting.register_result(done, backbone, task, defaults.tracking_uri(workdir, tracking_uri))
         where = f"models:/{reg.name}@best"
         console.print(f"registered {reg.name} version {reg.version}; " +
                       (f"{where} is this model" if reg.moved else f"{where} stays version {reg.best_version} "

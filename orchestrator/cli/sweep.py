@@ -13,14 +13,10 @@ from rich.table import Table
 
 from alorectl import db
 from alore.errors import ConfigError, UnknownChoiceError
-from alorectl.sweep import plan as planning
-from alorectl.sweep import preset as presets
-from alorectl.sweep.driver import PREPARING, Hooks, Settings, make_plan, run_sweep
-from alorectl.sweep.timing import timing
-from alorectl.tracking.client import bare_uri
+from alorectl.sweep.timing import PREPARING, timing
 from alorectl.tracking.links import VIEW_ID, experiment_url
 
-from .app import App, OneLineGroup, console, print_json, resume_hint, split_csv
+from .app import App, Lazy, OneLineGroup, console, print_json, resume_hint, split_csv
 from alorectl.results.render import print_board
 from alorectl.results.store import open_results
 from .options import DEFAULT_WORKDIR, Address, DbUrl, TrackingUri, Workdir
@@ -35,6 +31,10 @@ class ShortcutGroup(OneLineGroup):
             args = ["run", *args]
         return super().resolve_command(ctx, args)
 
+
+# Imported when a sweep is planned or run (torch, Ray, MLflow): `sweep status` and `--help` need none of them.
+planning, presets = Lazy("alorectl.sweep.plan"), Lazy("alorectl.sweep.preset")
+driver, tracking = Lazy("alorectl.sweep.driver"), Lazy("alorectl.tracking.client")
 
 UI_URL = "http://127.0.0.1:5000"  # where `alorectl ui` serves by default
 
@@ -124,8 +124,9 @@ def sweep_run(
     p = apply_flags(presets.load(preset), backbones=backbones, methods=methods, tasks=tasks, trials=trials,
                     search=search, scheduler=scheduler, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
                     data_root=data_root, weights=weights, seeds=seeds, epochs=epochs)
-    settings = Settings.embedded(sweep_name or p.name, workdir, tracking_uri, db_flag, address, max_concurrent_trials,
-                                 warm_start_from=check_warm_start(workdir, warm_start_from or []))
+    warm = check_warm_start(workdir, warm_start_from or [])
+    settings = driver.Settings.embedded(sweep_name or p.name, workdir, tracking_uri, db_flag, address,
+                                        max_concurrent_trials, warm_start_from=warm)
     if dry_run:
         return show_plan(p, settings, gpus or 1)
     execute(p, settings, resume=False, force_new=force_new)
@@ -153,8 +154,9 @@ def sweep_resume(
         raise ConfigError(f"sweep {name!r} logged to {uri}, whose password is not stored; pass --tracking-uri "
                           "(or MLFLOW_TRACKING_URI) with the credentials")
     p = presets.from_stored(stored, f"stored sweep {name!r}")
-    execute(p, Settings.embedded(name, workdir, tracking_uri or uri, db_flag, address, max_concurrent_trials,
-                                 warm_start_from=tuple(stored.get("warm_start_from") or ())), resume=True)
+    warm = tuple(stored.get("warm_start_from") or ())
+    execute(p, driver.Settings.embedded(name, workdir, tracking_uri or uri, db_flag, address, max_concurrent_trials,
+                                        warm_start_from=warm), resume=True)
 
 
 @app.command("status")
@@ -238,9 +240,9 @@ def check_warm_start(workdir: Path, sources: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(sources))
 
 
-def show_plan(p: presets.Preset, settings: Settings, gpus: int) -> None:
+def show_plan(p: presets.Preset, settings: driver.Settings, gpus: int) -> None:
     """``--dry-run``: cells, trials, total and the makespan estimate; nothing is started or written."""
-    plan = make_plan(p, settings, fetch=False)
+    plan = driver.make_plan(p, settings, fetch=False)
     table = Table(title=f"sweep {settings.name}: plan (nothing started)")
     for col in ("backbone", "task", "method", "search", "final", "trials", "cost/trial"):
         table.add_column(col, justify="left" if col in ("backbone", "task", "method", "search") else "right")
@@ -256,7 +258,7 @@ def show_plan(p: presets.Preset, settings: Settings, gpus: int) -> None:
                   f"(cells in flight at once, costliest first; occupancy {work / (gpus * span):.0%})", highlight=False)
 
 
-def execute(p: presets.Preset, settings: Settings, resume: bool, force_new: bool = False) -> None:
+def execute(p: presets.Preset, settings: driver.Settings, resume: bool, force_new: bool = False) -> None:
     console.print(f"[bold]sweep {settings.name}[/]: {', '.join(p.backbones)} × {len(p.tasks)} tasks × "
                   f"{', '.join(p.methods)}; workdir {escape(str(settings.workdir))}", highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -292,10 +294,10 @@ def execute(p: presets.Preset, settings: Settings, resume: bool, force_new: bool
             progress.console.print(f"  [yellow]warning:[/] {escape(message)}", highlight=False)
 
         links: dict[str, str] = {}
-        hooks = Hooks(on_step=step, on_plan=planned, on_trial_start=trial_start, on_trial_done=trial_done,
+        hooks = driver.Hooks(on_step=step, on_plan=planned, on_trial_start=trial_start, on_trial_done=trial_done,
                       on_cell_done=cell_done, on_warning=warning, on_links=links.update)
         with resume_hint(settings.name):
-            run_sweep(p, settings, hooks, resume=resume, force_new=force_new)
+            driver.run_sweep(p, settings, hooks, resume=resume, force_new=force_new)
     engine = db.connect(settings.db_url)
     fake = bool(db.sweep_config(engine, settings.name).get("simulated"))  # alorectl bench scale's sweeps
     for backbone in p.backbones:
@@ -303,7 +305,7 @@ def execute(p: presets.Preset, settings: Settings, resume: bool, force_new: bool
     console.print(f"leaderboard: alorectl leaderboard --backbone {p.backbones[0]} --suite {p.suite} "
                   f"--workdir {escape(str(settings.workdir))}", highlight=False)
     server = settings.tracking_uri.startswith(("http://", "https://"))
-    base = bare_uri(settings.tracking_uri) if server else UI_URL
+    base = tracking.bare_uri(settings.tracking_uri) if server else UI_URL
     ui = f"MLflow UI:   {base}" if server else f"MLflow UI:   alorectl ui --workdir {settings.workdir}   then open:"
     console.print(escape(ui), highlight=False)
     for name, experiment_id in sorted(links.items(), key=lambda kv: "leaderboard" not in kv[0]):

@@ -22,14 +22,14 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from alore import backbones
-from alore.artifacts import write_run_files
-from alore.data import task_info
-from alore.data.splits import require_root
+from alore.callbacks import Callbacks
 from alore.errors import ConfigError
-from alore.train import Callbacks, TrainConfig, check_resume, fit, read_checkpoint
 
-from .app import console, err_console, print_json
+from .app import Lazy, console, err_console, print_json
+
+# torch and timm: imported when a run starts, not when the root app lists its commands
+backbones, training = Lazy("alore.backbones"), Lazy("alore.train")
+artifacts, splits = Lazy("alore.artifacts"), Lazy("alore.data.splits")
 
 
 class ProgressCallbacks(Callbacks):
@@ -132,32 +132,33 @@ def train(
     # Everything a user can get wrong is checked before the first file is written.
     if warmup_epochs is not None and epochs >= 1 and not 0 <= warmup_epochs <= epochs:
         raise ConfigError(f"--warmup-epochs must be in [0, --epochs={epochs}], got {warmup_epochs}")
-    config = TrainConfig(backbone=backbone, weights=weights, task=task, suite=suite, data_root=str(data_root),
-                         method=method, method_options=parse_options(option), protocol=protocol, lr=lr,
-                         weight_decay=wd, dropout=dropout, epochs=epochs, warmup_epochs=warmup_epochs,
-                         batch_size=batch_size, seed=seed, device=device)
+    config = training.TrainConfig(backbone=backbone, weights=weights, task=task, suite=suite, data_root=str(data_root),
+                                  method=method, method_options=parse_options(option), protocol=protocol, lr=lr,
+                                  weight_decay=wd, dropout=dropout, epochs=epochs, warmup_epochs=warmup_epochs,
+                                  batch_size=batch_size, seed=seed, device=device)
     backbones.resolve(backbone)
     config.validate()
     check_out(out)
-    task_info(suite, task, require_root(data_root))
-    read_checkpoint(out)  # a corrupt or foreign checkpoint.pt: refused before any download
+    splits.task_info(suite, task, splits.require_root(data_root))
+    training.read_checkpoint(out)  # a corrupt or foreign checkpoint.pt: refused before any download
     config.weights, weights_used, note = resolve_weights(backbone, weights)
-    check_resume(config, out)
+    training.check_resume(config, out)
     if note:
         err_console.print(note, highlight=False, markup=False)
 
     keep: dict[str, Any] = {}
     if as_json:
-        metrics = fit(config, checkpoint_dir=out, resume_from=out, keep=keep)
+        metrics = training.fit(config, checkpoint_dir=out, resume_from=out, keep=keep)
     else:
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), TextColumn("{task.fields[stats]}")]
         with Progress(*columns, console=console) as progress:
-            metrics = fit(config, ProgressCallbacks(progress, epochs), checkpoint_dir=out, resume_from=out, keep=keep)
+            metrics = training.fit(config, ProgressCallbacks(progress, epochs), checkpoint_dir=out, resume_from=out,
+                                   keep=keep)
     metrics["weights"] = weights_used
     if weights_used.startswith("timm:"):
         metrics["weights_file"] = config.weights
-    write_run_files(out, metrics, keep["model"], keep["data"])
+    artifacts.write_run_files(out, metrics, keep["model"], keep["data"])
     if as_json:
         print_json({k: v for k, v in metrics.items() if k != "history"})
     else:

@@ -34,7 +34,6 @@ from alore.errors import AloreError, ConfigError, first_line
 from alorectl.db.urls import mask_text
 
 from alorectl import defaults
-from alorectl.tracking.client import configure, split_credentials
 from .options import DEFAULT_WORKDIR, TrackingUri, Workdir
 
 PORTS = range(1, 65536)
@@ -61,6 +60,8 @@ def ui(
         raise ConfigError(f"--workers {workers} must be at least 1")
     uri = defaults.tracking_uri(workdir, tracking_uri)
     if urlsplit(uri).scheme in ("http", "https"):
+        from alorectl.tracking.client import configure, split_credentials  # MLflow: only when links are printed
+
         server, credentials = split_credentials(uri)
         configure(credentials)  # this process reads the server's experiments for the links
         _print_links(server, server)

@@ -36,11 +36,10 @@ from . import plan as planning
 from . import studies
 from .preset import Preset
 from .record import CellResult, Recorder, TrialOutcome
+from .timing import PREPARING
 from alorectl.tracking.observer import Background, Track
 from alorectl.tracking.client import Tracker
 
-#: The sweep config's key while the sweep prepares (data, weights, Ray); ``sweep status`` shows its value.
-PREPARING = "preparing"
 LEADERBOARD_EVERY_S = 60.0  # the MLflow leaderboard is refreshed at most this often while a sweep runs
 
 

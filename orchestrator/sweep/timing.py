@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+#: The sweep config's key while the sweep prepares (data, weights, Ray); ``sweep status`` shows its value.
+PREPARING = "preparing"
+
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
