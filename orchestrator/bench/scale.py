@@ -27,6 +27,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -187,8 +188,10 @@ class Cluster:
         token.chmod(0o600)
         base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         # A private token (never ~/.ray/auth_token): the driver presents the same one.
+        # No idle workers started ahead on each node (Ray starts one per CPU when a driver connects): K nodes on
+        # one machine would hold K x CPUs idle Python processes that a real node's memory absorbs and ours cannot.
         self.env = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-                    "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+                    "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "RAY_prestart_worker_first_driver": "0"}
         self.nodes: list[Node] = []
         self.address: str | None = None
         self._taken: set[int] = set()
@@ -329,11 +332,19 @@ def run_bench(preset: Preset, opts: Options, workdir: Path, on_step: Callable[[s
                 driver.kill()
         on_step("stopping the simulated cluster")
         cluster.shutdown()
+    shutil.rmtree(root, ignore_errors=True)  # the nodes' session folders (logs, sockets): kept when it failed
     result.update(slots=opts.slots, nodes=opts.nodes, cells=len(plan.cells), planned_trials=plan.total_trials,
                   trial_seconds=opts.trial_seconds, epochs=preset.epochs, ideal_makespan_s=ideal,
                   makespan_ratio=result["makespan_s"] / ideal if ideal else None,
                   occupancy=result["busy_s"] / (opts.slots * result["makespan_s"]) if result["makespan_s"] else None,
-                  workdir=str(workdir), merged_weights="stand-in (8-byte safetensors): simulated runs merge nothing")
+                  workdir=str(workdir), merged_weights="stand-in (8-byte safetensors): simulated runs merge nothing",
+                  # What one core of the driver spent per trial and per report (Tune's loop, the database, MLflow):
+                  # the rate one driver could sustain, whatever this machine's other processes cost.
+                  driver_cpu_ms_per_trial=1000 * result["driver_cpu_s"] / max(1, result["trials"]),
+                  driver_cpu_ms_per_result=1000 * result["driver_cpu_s"] / max(1, result["reports"]),
+                  driver_cpu_share=result["driver_cpu_s"] / result["makespan_s"] if result["makespan_s"] else None,
+                  # The simulated cluster's raylets and workers share this machine's cores with the driver.
+                  machine_cpus=os.cpu_count(), load_avg_1m=round(os.getloadavg()[0], 2))
     result.update(_verify(plan, workdir, opts.name))
     result.update(_final_reads(preset, workdir, opts.name, cluster.env, opts.command_times))
     return result
