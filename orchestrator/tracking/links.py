@@ -18,7 +18,14 @@ What MLflow 3 (checked on 3.17 in headless Chromium) does with an experiment lin
   (``selectedColumns`` ...). ``viewStateShareKey=<id>`` opens it, and the UI
   lists it under the experiment header's "Views" menu by its name. (MLflow
   ignores a shared view when the query also carries search facets, so a link
-  gives either a view or a sort, not both.)
+  gives either a view or a sort, not both.) The state's ``columnOrder`` orders
+  the columns, but 3.17 applies it on some first visits and not on others;
+  without it metric columns are sorted by name (hence the leaderboard's
+  numbered metric names, :mod:`alorectl.tracking.board`).
+* No server setting picks what the root or an experiment opens: ``alorectl ui``
+  opens the deep link in the user's browser (:mod:`alorectl.tracking.browser`),
+  and every description starts with it (MLflow renders descriptions as markdown
+  on the GenAI overview and above the runs table alike).
 
 :func:`setup_experiment` writes the description, the experiment kind and (when
 columns or a sort are given) the saved view :data:`VIEW_ID`;

@@ -36,6 +36,7 @@ from alorectl import db
 from alorectl.sweep.plan import SHORT, Cell, SweepPlan
 from alorectl.sweep.record import CellResult, TrialOutcome
 from .client import Tracker, TrackingUnavailable
+from .links import VIEW_ID, experiment_fragment
 
 RETRY_AFTER_S = 60.0  # after a failure, calls are skipped (left pending) for this long
 
@@ -150,9 +151,10 @@ class Track:
     def experiment(self) -> str:
         if self._experiment is None:
             self._experiment = self.tracker.experiment(experiment_name(self.plan.name))
+            runs_table = experiment_fragment(self._experiment, view=VIEW_ID)  # whatever page MLflow opens on
             self.tracker.describe(self._experiment, ("SIMULATED (alorectl bench scale): synthetic accuracies, "
                                                      "stand-in weights. " if self.simulated else "") + (
-                f"Sweep {self.plan.name}: a run per cell (method · task), its search and final trials nested "
+                f"**[Open the runs table]({runs_table})** · Sweep {self.plan.name}: a run per cell (method · task), its search and final trials nested "
                 f"under it. Same numbers on the command line: alorectl sweep status {self.plan.name}"),
                 metrics=["val_acc", "test_acc", "params_m"], params=["lr", "weight_decay", "dropout", "seed"])
             self.links[experiment_name(self.plan.name)] = self._experiment
