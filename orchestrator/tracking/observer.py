@@ -154,8 +154,9 @@ class Track:
             runs_table = experiment_fragment(self._experiment, view=VIEW_ID)  # whatever page MLflow opens on
             self.tracker.describe(self._experiment, ("SIMULATED (alorectl bench scale): synthetic accuracies, "
                                                      "stand-in weights. " if self.simulated else "") + (
-                f"**[Open the runs table]({runs_table})** · Sweep {self.plan.name}: a run per cell (method · task), its search and final trials nested "
-                f"under it. Same numbers on the command line: alorectl sweep status {self.plan.name}"),
+                f"**[Open the runs table]({runs_table})** · Sweep {self.plan.name}: a run per cell (method · task), "
+                f"its search and final trials nested under it. Same numbers on the command line: "
+                f"alorectl sweep status {self.plan.name}"),
                 metrics=["val_acc", "test_acc", "params_m"], params=["lr", "weight_decay", "dropout", "seed"])
             self.links[experiment_name(self.plan.name)] = self._experiment
         return self._experiment
