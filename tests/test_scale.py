@@ -183,8 +183,10 @@ def test_simulated_marks_and_export_refuses(drill, tmp_path) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    assert client.get_experiment_by_name("alore/leaderboard/vit_b") is None
-    assert client.get_experiment_by_name("alore/simulated/leaderboard/vit_b") is not None
+    from alorectl.tracking.observer import leaderboard_name
+
+    assert client.get_experiment_by_name(leaderboard_name("vit_b")) is None
+    assert client.get_experiment_by_name(leaderboard_name("vit_b", simulated=True)) is not None
     out = runner.invoke(app, ["export", "--backbone", "vit_b", "--task", "cifar", "--method", "alore",
                               "--out", str(tmp_path / "x"), "--workdir", str(work)])
     assert out.exit_code == 2 and "only a simulated result" in out.stderr

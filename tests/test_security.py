@@ -32,6 +32,7 @@ from alorectl import db
 from alorectl.cli import app
 from alorectl.db.urls import mask_text
 from alorectl.tracking.links import VIEW_ID, experiment_url
+from alorectl.tracking.observer import leaderboard_name
 from alorectl.tracking.client import flatten
 from attacks import Planted
 from ui_utils import (alorectl, cmdline, free_port, is_loopback, listening, make_leaderboard_store, process_tree,
@@ -176,7 +177,7 @@ def test_ui_keeps_the_store_password_off_every_command_line(scratch_postgres_url
         [], {"MLFLOW_TRACKING_URI": scratch_postgres_url})
     with running_ui(tmp_path, *args, env=env) as ui:
         # The server really reached the database with the password it got through its environment ...
-        query = urllib.parse.urlencode({"experiment_name": "alore/leaderboard/demo"})
+        query = urllib.parse.urlencode({"experiment_name": leaderboard_name("demo")})
         with urllib.request.urlopen(f"{ui.base_url}/api/2.0/mlflow/experiments/get-by-name?{query}") as reply:
             assert json.load(reply)["experiment"]["experiment_id"] == board
         # ... and no process of the UI shows it to `ps` (/proc/<pid>/cmdline), and nothing printed holds it.

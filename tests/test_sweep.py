@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import alore
 from alorectl.cli import app
+from alorectl.tracking.observer import leaderboard_name
 
 pytestmark = pytest.mark.slow  # sweeps or servers end to end: not in `make check`
 
@@ -130,6 +131,8 @@ def test_mlflow_has_readable_cells_trials_and_the_leaderboard_table(swept) -> No
     work, _, _ = swept
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     exp = client.get_experiment_by_name("alore/tiny")
+    # Whatever page MLflow opens the experiment on (GenAI overview or runs), its description links the runs table.
+    assert f"(#/experiments/{exp.experiment_id}/runs?" in exp.tags["mlflow.note.content"]
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -155,12 +158,18 @@ def test_mlflow_has_readable_cells_trials_and_the_leaderboard_table(swept) -> No
     assert {"val_acc", "test_acc", "params_m"} <= set(alore_parent.data.metrics)
     names = {a.path for a in client.list_artifacts(alore_parent.info.run_id, "final")}
     assert {"final/merged.safetensors", "final/adapter.safetensors", "final/metrics.json"} <= names
-    board = client.get_experiment_by_name("alore/leaderboard/demo")
+    board = client.get_experiment_by_name(leaderboard_name("demo"))
     entries = {r.info.run_name: r for r in client.search_runs([board.experiment_id])}
     assert set(entries) == {"alore", "vpt", "linear"}
     for r in entries.values():
         assert r.info.status == "FINISHED"
-        assert {"digits", "all_mean", "params_m"} <= set(r.data.metrics) and "digits" in r.data.params
+        # "01_digits": numbered in the benchmark's column order, rounded for display (tests/test_ui_board.py).
+        assert {"01_digits", "all_mean", "params_m"} <= set(r.data.metrics) and "digits" in r.data.params
+        assert r.data.metrics["all_mean"] == round(r.data.metrics["all_mean"], 2)
+        assert f"(#/runs/{r.data.tags['cell_run.digits']})" in r.data.tags["mlflow.note.content"]
+    # The best by val200 is registered before the leaderboard's last update, which links its version.
+    assert "(#/models/alore-demo-digits/versions/" in "".join(r.data.tags["mlflow.note.content"]
+                                                              for r in entries.values())
     assert "mlflow.note.content" in board.tags
 
 
@@ -240,7 +249,7 @@ def test_the_ui_opens_the_sweeps_leaderboard_as_the_ranked_table(swept, browser,
 
     work, _, _ = swept
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    board = MlflowClient(uri).get_experiment_by_name("alore/leaderboard/demo").experiment_id
+    board = MlflowClient(uri).get_experiment_by_name(leaderboard_name("demo")).experiment_id
     with running_ui(tmp_path, "--tracking-uri", uri) as ui:
         url = experiment_url(ui.base_url, board, view=VIEW_ID)
         assert url in ui.output().split()

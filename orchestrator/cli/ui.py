@@ -3,7 +3,11 @@
 The command prints a deep link per ``alore/*`` experiment (straight into the
 runs table, see :mod:`alorectl.tracking.links`) and then *becomes* ``mlflow
 server`` (``os.execvpe``): no idle ``alorectl`` parent holding the CLI's
-imports while the UI runs.
+imports while the UI runs. MLflow 3 opens its root and every experiment on its
+GenAI pages and offers no server setting against it, so the command also opens
+the leaderboard's ranked table in the user's web browser once the server
+answers, where there is a browser (``--no-browser``: not; see
+:mod:`alorectl.tracking.browser`).
 
 Sized for a laptop: one uvicorn worker unless ``--workers`` says otherwise,
 and MLflow's job execution (the huey queue consumers behind GenAI judges and
@@ -23,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -45,8 +50,12 @@ def ui(
     host: Annotated[str, typer.Option(help="bind address; 127.0.0.1 keeps it on this machine")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port (1-65535)")] = 5000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes (MLflow's default is 4)")] = 1,
+    browser: Annotated[bool, typer.Option("--browser/--no-browser",
+                                          help="open the leaderboard's ranked table in this machine's web browser "
+                                               "once the UI answers (when there is a browser)")] = True,
 ) -> None:
-    """Print deep links into the runs table of every alore experiment, then run the MLflow UI (127.0.0.1).
+    """Print deep links into the runs table of every alore experiment, then run the MLflow UI (127.0.0.1) and
+    open the leaderboard's ranked table in your web browser (MLflow itself opens on its GenAI pages).
 
     Examples:
 
@@ -64,16 +73,20 @@ def ui(
 
         server, credentials = split_credentials(uri)
         configure(credentials)  # this process reads the server's experiments for the links
-        _print_links(server, server)
+        landing = _landing(_print_links(server, server))
         _print_studies(workdir)
         typer.echo("the UI is served by that tracking server: open a link above")
+        if browser and landing:
+            _open_browser(landing, server)
         return
     _require_sqlite_file(uri)
     _require_free_port(host, port)
     base = f"http://{_link_host(host)}:{port}"
-    _print_links(uri, base)
+    landing = _landing(_print_links(uri, base))
     _print_studies(workdir)
     typer.echo(f"MLflow UI on {base}  (store {mask_text(uri)}; Ctrl+C stops it)")
+    if browser and landing:
+        _open_browser(landing, base)
     sys.stdout.flush()
     sys.stderr.flush()
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
@@ -82,7 +95,34 @@ def ui(
     os.execvpe(argv[0], argv, env)
 
 
-def _print_links(uri: str, base: str) -> None:
+def _landing(links: list[tuple[str, str]]) -> str | None:
+    """The link a person should land on: the (first) leaderboard's ranked table, real results before simulated."""
+    from alorectl.tracking.observer import leaderboard_name
+
+    for prefix in (leaderboard_name(""), leaderboard_name("", simulated=True), "alore/leaderboard/"):
+        found = [url for name, url in links if name.startswith(prefix)]
+        if found:
+            return found[0]
+    return None
+
+
+def _open_browser(url: str, base: str) -> None:
+    """Open ``url`` in this machine's browser once ``base`` answers (MLflow has no setting that makes its root or
+    an experiment open the ranked table: :mod:`alorectl.tracking.browser`); say what happens either way."""
+    from alorectl.tracking.browser import available
+
+    if available() is None:
+        typer.echo("no web browser to open here: open the leaderboard link above")
+        return
+    typer.echo("opening the leaderboard's ranked table in your browser once the UI answers (--no-browser: don't)")
+    # A short-lived parent starts the waiter and exits at once: the waiter is not left a child (a zombie, once
+    # done) of the MLflow server this process becomes, and it stays in this terminal's process group (Ctrl+C).
+    waiter = [sys.executable, "-m", "alorectl.tracking.browser", url, base.rstrip("/") + "/health"]
+    subprocess.run([sys.executable, "-c", "import subprocess, sys; subprocess.Popen(sys.argv[1:])", *waiter],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def _print_links(uri: str, base: str) -> list[tuple[str, str]]:
     """One line per ``alore/*`` experiment: its name and its deep link (no credentials in either)."""
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema chatter on first open
     from mlflow import MlflowClient
@@ -98,6 +138,7 @@ def _print_links(uri: str, base: str) -> None:
         typer.echo("no alore/* experiments in this store yet")
     for name, url in links:
         typer.echo(f"{name}\n  {url}")  # plain echo: a wrapped or re-styled link would not open
+    return links
 
 
 def _print_studies(workdir: Path) -> None:

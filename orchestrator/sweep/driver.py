@@ -394,9 +394,9 @@ def _run_locked(preset: Preset, settings: Settings, hooks: Hooks, plan: planning
                 studies.use(plan.name, None)
         driver.later.drain()
         driver.catch_up()  # what MLflow could not take during the run, if it is back
+        track.register_best(engine)  # before the last publish: the leaderboard links the registered versions
         driver.dirty |= {cp.cell.backbone for cp in plan.cells}
         driver.publish()
-        track.register_best(engine)
     except BaseException:
         db.set_sweep_status(engine, sweep_id, "interrupted")
         raise

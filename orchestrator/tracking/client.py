@@ -114,10 +114,16 @@ class Tracker:
         self.artifact_root = artifact_root
 
     @guarded
-    def experiment(self, name: str) -> str:
+    def experiment(self, name: str, former: str | None = None) -> str:
+        """The id of experiment ``name``, created if missing; one still under its ``former`` name (a store
+        written by an earlier alorectl) is renamed to ``name`` and kept, runs and all."""
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
+        old = self.client.get_experiment_by_name(former) if former else None
+        if old is not None:
+            self.client.rename_experiment(old.experiment_id, name)
+            return old.experiment_id
         location = (self.artifact_root / name.replace("/", "_")).as_uri() if self.artifact_root else None
         return self.client.create_experiment(name, artifact_location=location)
 

@@ -18,7 +18,14 @@ What MLflow 3 (checked on 3.17 in headless Chromium) does with an experiment lin
   (``selectedColumns`` ...). ``viewStateShareKey=<id>`` opens it, and the UI
   lists it under the experiment header's "Views" menu by its name. (MLflow
   ignores a shared view when the query also carries search facets, so a link
-  gives either a view or a sort, not both.)
+  gives either a view or a sort, not both.) The state's ``columnOrder`` orders
+  the columns, but 3.17 applies it on some first visits and not on others;
+  without it metric columns are sorted by name (hence the leaderboard's
+  numbered metric names, :mod:`alorectl.tracking.board`).
+* No server setting picks what the root or an experiment opens: ``alorectl ui``
+  opens the deep link in the user's browser (:mod:`alorectl.tracking.browser`),
+  and every description starts with it (MLflow renders descriptions as markdown
+  on the GenAI overview and above the runs table alike).
 
 :func:`setup_experiment` writes the description, the experiment kind and (when
 columns or a sort are given) the saved view :data:`VIEW_ID`;
@@ -60,6 +67,14 @@ def experiment_url(base_url: str, experiment_id: str, *, order_by: str | None = 
     ``ascending``; ``view`` opens a saved view (its own sort and visible columns)
     instead, e.g. :data:`VIEW_ID` after :func:`setup_experiment`.
     """
+    return base_url.rstrip("/") + "/" + experiment_fragment(experiment_id, order_by=order_by, ascending=ascending,
+                                                            view=view)
+
+
+def experiment_fragment(experiment_id: str, *, order_by: str | None = None, ascending: bool = False,
+                        view: str | None = None) -> str:
+    """:func:`experiment_url` without the server: ``#/experiments/<id>/runs?...``, a link that works from any
+    page of the same UI (the descriptions MLflow renders as markdown use it)."""
     if order_by and view:
         raise ValueError("give order_by or view, not both: MLflow ignores a view when the link also sorts")
     query: dict[str, str] = {"workflowType": "machine_learning"}
@@ -67,26 +82,29 @@ def experiment_url(base_url: str, experiment_id: str, *, order_by: str | None = 
         query["viewStateShareKey"] = view
     elif order_by:
         query |= {"orderByKey": metric_column(order_by), "orderByAsc": str(ascending).lower()}
-    path = f"/#/experiments/{quote(str(experiment_id), safe='')}/runs"
-    return base_url.rstrip("/") + path + "?" + urlencode(query, quote_via=quote)
+    return f"#/experiments/{quote(str(experiment_id), safe='')}/runs?" + urlencode(query, quote_via=quote)
 
 
 def setup_experiment(client: Any, experiment_id: str, description: str, *, metrics: Sequence[str] = (),
-                     params: Sequence[str] = (), order_by: str | None = None, ascending: bool = False) -> None:
+                     params: Sequence[str] = (), order_by: str | None = None, ascending: bool = False,
+                     last: Sequence[str] = ()) -> None:
     """Tag an experiment so that MLflow shows it as a training runs table.
 
-    Sets the description (``mlflow.note.content``, shown above the table) and the
-    experiment kind; with ``metrics``/``params``/``order_by``, also the saved view
-    :data:`VIEW_ID` showing those columns, sorted by ``order_by`` (a metric, shown
-    even when not in ``metrics``). Safe to repeat: every call rewrites the same tags.
-    ``client`` is an ``mlflow.MlflowClient``.
+    Sets the description (``mlflow.note.content``, shown above the table, markdown) and
+    the experiment kind; with ``metrics``/``params``/``order_by``, also the saved view
+    :data:`VIEW_ID` showing those columns in that order (metrics, then params; the
+    view's ``columnOrder``, else MLflow sorts metric columns by name), sorted by
+    ``order_by`` (a metric, shown first when not in ``metrics``); ``last``: runs-table
+    column ids moved after them (e.g. MLflow's ``duration``). Safe to repeat: every
+    call rewrites the same tags. ``client`` is an ``mlflow.MlflowClient``.
     """
     client.set_experiment_tag(experiment_id, NOTE_TAG, description)
     client.set_experiment_tag(experiment_id, KIND_TAG, KIND_TRAINING)
     if not (metrics or params or order_by):
         return
-    shown = list(dict.fromkeys([*([order_by] if order_by else []), *metrics]))
-    state: dict[str, Any] = {"selectedColumns": [*map(metric_column, shown), *map(param_column, params)]}
+    shown = list(dict.fromkeys([*([order_by] if order_by and order_by not in metrics else []), *metrics]))
+    columns = [*map(metric_column, shown), *map(param_column, params)]
+    state: dict[str, Any] = {"selectedColumns": columns, "columnOrder": [*columns, *last]}
     if order_by:
         state |= {"orderByKey": metric_column(order_by), "orderByAsc": ascending}
     name = f"alore: ranked by {order_by}" if order_by else "alore"

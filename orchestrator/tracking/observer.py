@@ -14,14 +14,14 @@ Layout (same metric names at every level: ``val_acc``, ``test_acc``, ``params_m`
   children (``search 3 · lr=0.01 wd=0.001 do=0.1``, ``final · seed 42``), each with
   the trial's real start and end time, parameters and per-epoch metrics; the
   cell run holds the chosen configuration, the result and the final files.
-* ``alore/leaderboard/<backbone>``: the paper's table 2 — one run per method, a
+* ``alore/leaderboard · <backbone>``: the paper's table 2 — one run per method, a
   metric per task, the group means, ``all_mean`` and ``params_m``, the chosen
-  configuration per task as parameters, the table itself as an artifact.
+  configuration per task as parameters, the table itself as an artifact, links to
+  the cell runs and weights (:mod:`alorectl.tracking.board`).
 """
 
 from __future__ import annotations
 
-import json
 import queue
 import tempfile
 import threading
@@ -33,9 +33,10 @@ from typing import Any
 
 from alorectl import db
 
-from alorectl.sweep.plan import SHORT, Cell, SweepPlan, searched_params
+from alorectl.sweep.plan import SHORT, Cell, SweepPlan
 from alorectl.sweep.record import CellResult, TrialOutcome
 from .client import Tracker, TrackingUnavailable
+from .links import VIEW_ID, experiment_fragment
 
 RETRY_AFTER_S = 60.0  # after a failure, calls are skipped (left pending) for this long
 
@@ -45,7 +46,15 @@ def experiment_name(sweep: str) -> str:
 
 
 def leaderboard_name(backbone: str, simulated: bool = False) -> str:
-    """The MLflow leaderboard of real results; simulated sweeps (alorectl bench scale) have their own."""
+    """The MLflow leaderboard of real results; simulated sweeps (alorectl bench scale) have their own.
+
+    MLflow's breadcrumb shows a name's last ``/`` part: ``alore/leaderboard · demo`` reads apart from the sweep
+    ``alore/demo`` (the names before were ``alore/leaderboard/demo``: :func:`former_leaderboard_name`)."""
+    return f"alore/simulated leaderboard · {backbone}" if simulated else f"alore/leaderboard · {backbone}"
+
+
+def former_leaderboard_name(backbone: str, simulated: bool = False) -> str:
+    """The leaderboard's name in stores written before :func:`leaderboard_name` (renamed on the next write)."""
     return f"alore/simulated/leaderboard/{backbone}" if simulated else f"alore/leaderboard/{backbone}"
 
 
@@ -144,10 +153,12 @@ class Track:
     def experiment(self) -> str:
         if self._experiment is None:
             self._experiment = self.tracker.experiment(experiment_name(self.plan.name))
+            runs_table = experiment_fragment(self._experiment, view=VIEW_ID)  # whatever page MLflow opens on
             self.tracker.describe(self._experiment, ("SIMULATED (alorectl bench scale): synthetic accuracies, "
                                                      "stand-in weights. " if self.simulated else "") + (
-                f"Sweep {self.plan.name}: a run per cell (method · task), its search and final trials nested "
-                f"under it. Same numbers on the command line: alorectl sweep status {self.plan.name}"),
+                f"**[Open the runs table]({runs_table})** · Sweep {self.plan.name}: a run per cell (method · task), "
+                f"its search and final trials nested under it. Same numbers on the command line: "
+                f"alorectl sweep status {self.plan.name}"),
                 metrics=["val_acc", "test_acc", "params_m"], params=["lr", "weight_decay", "dropout", "seed"])
             self.links[experiment_name(self.plan.name)] = self._experiment
         return self._experiment
@@ -240,38 +251,16 @@ class Track:
                 self.tracker.artifacts(run_id, Path(tmp), "search")
 
     def _leaderboard(self, engine: Any, backbone: str, suite: str) -> bool:
-        """One run per method, updated in place as results arrive: the runs table is the paper's table 2."""
+        """One run per method, updated in place as results arrive: the runs table is the paper's table 2
+        (what MLflow shows of it: :mod:`alorectl.tracking.board`)."""
         from alorectl.results.leaderboard import build
+
+        from .board import publish
 
         board = build(engine, backbone, suite, self.simulated)
         name = leaderboard_name(backbone, self.simulated)
-        experiment = self.tracker.experiment(name)
-        records = db.to_records(board)
-        columns = list(dict.fromkeys(t for rec in records for t in rec["tasks"]))
-        groups = list(dict.fromkeys(f"mean_{g.lower()}" for rec in records for g in rec["group_means"]))
-        self.tracker.describe(experiment, ("SIMULATED (alorectl bench scale): synthetic accuracies of simulated "
-                                           "trials, never real results. " if self.simulated else "") + (
-            f"{backbone}: the paper's table 2. One run per method: top-1 test accuracy (%) per task, the group "
-            f"means, all_mean and params_m; ranked by all_mean. Same table on the command line: "
-            f"alorectl leaderboard --backbone {backbone} --suite {suite}" + (" --simulated" if self.simulated else "")),
-            metrics=[*columns, *groups, "params_m"], order_by="all_mean")
+        experiment = self.tracker.experiment(name, former=former_leaderboard_name(backbone, self.simulated))
         self.links[name] = experiment
-        with tempfile.TemporaryDirectory(prefix="alore-board-") as tmp:
-            (Path(tmp) / f"{backbone}.md").write_text(db.to_markdown(board) + "\n")
-            (Path(tmp) / f"{backbone}.csv").write_text(db.to_csv(board))
-            for rec in records:
-                method = rec["method"]
-                run = self.tracker.find_or_create_run(experiment, f"{backbone}/{method}", method,
-                                                      {"backbone": backbone, "method": method, "suite": suite,
-                                                       **self.marks})
-                metrics = {task: acc for task, acc in rec["tasks"].items() if acc is not None}
-                metrics.update({f"mean_{g.lower()}": v for g, v in rec["group_means"].items() if v is not None})
-                for key in ("all_mean", "group_mean", "params_m"):
-                    if rec.get(key) is not None:
-                        metrics[key] = rec[key]
-                params = {task: compact(searched_params(cell["config"])) for task, cell in rec["cells"].items()}
-                self.tracker.log(run, params=params, metrics=metrics,
-                                 tags={"sweep": self.plan.name, "chosen": json.dumps(params)[:5000]})
-                self.tracker.artifacts(run, Path(tmp), "leaderboard")
-                self.tracker.complete(run)
+        publish(self.tracker, board, experiment, suite, marks=self.marks, sweep=self.plan.name,
+                simulated=self.simulated)
         return True
