@@ -28,25 +28,14 @@ from typing import Any
 import pytest
 import yaml
 
+from presets import tiny_sweep
 from cluster_utils import (Driver, LocalCluster, alive, checkpoint_known, query, results, trial_dirs,
                            wait_for)
 
 pytestmark = [pytest.mark.cluster,
               pytest.mark.skipif(sys.platform != "linux", reason="reads processes from /proc")]
 
-PRESET = {
-    "suite": "vtab",
-    "data_root": "{workdir}/data/vtab-1k",
-    "weights": {"demo": "{workdir}/data/demo.safetensors"},
-    "backbones": ["demo"],
-    "tasks": ["digits"],
-    "methods": ["alore"],
-    "search": {"algorithm": "optuna", "trials": 2, "scheduler": "fifo"},
-    "space": {"lr": [0.01, 0.005], "weight_decay": [0.001], "dropout": [0.1, 0.0]},
-    "train": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32},
-    "final": {"seeds": [42]},
-    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
-}
+PRESET = tiny_sweep()
 SWEEP_TIMEOUT = 900  # seconds; a generous bound for a few-trial sweep on a loaded 2-core machine
 
 

@@ -21,23 +21,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from presets import tiny_sweep
 from alorectl.cli import app
 
 runner = CliRunner()
 
-PRESET = {
-    "suite": "vtab",
-    "data_root": "{workdir}/data/vtab-1k",
-    "weights": {"demo": "{workdir}/data/demo.safetensors"},
-    "backbones": ["demo"],
-    "tasks": ["digits"],
-    "methods": ["linear"],
-    "search": {"algorithm": "optuna", "trials": 1, "scheduler": "fifo"},
-    "space": {"lr": [0.01], "weight_decay": [0.001], "dropout": [0.0]},
-    "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 32},
-    "final": {"seeds": [42]},
-    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
-}
+PRESET = tiny_sweep(methods=["linear"], search={"trials": 1},
+                    space={"lr": [0.01], "weight_decay": [0.001], "dropout": [0.0]},
+                    train={"epochs": 1, "warmup_epochs": 0})
 
 
 def work_folder(demo_dir: Path, root: Path) -> tuple[Path, Path]:

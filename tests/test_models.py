@@ -18,21 +18,15 @@ from alore.data import load_task
 from alore.train import evaluate
 from alorectl import db
 from alorectl.cli import app
+from presets import tiny_sweep
 from alorectl.tracking import models
 from ui_utils import free_port, start_mlflow_server, stop
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
 
-PRESET = {
-    "suite": "vtab", "data_root": "{workdir}/data/vtab-1k", "weights": {"demo": "{workdir}/data/demo.safetensors"},
-    "backbones": ["demo"], "tasks": ["digits"], "methods": ["alore", "lora", "vpt"],
-    "search": {"algorithm": "optuna", "trials": 3, "scheduler": "fifo"},
-    "space": {"lr": [0.01, 0.005], "weight_decay": [0.001], "dropout": [0.1, 0.0]},
-    "method_space": {"vpt": {"dropout": [0.0]}},  # VPT's grid: 2 points, its whole grid in 2 trials
-    "train": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32}, "final": {"seeds": [42]},
-    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
-}
+PRESET = tiny_sweep(methods=["alore", "lora", "vpt"], search={"trials": 3},
+                    method_space={"vpt": {"dropout": [0.0]}})  # VPT's grid: 2 points, its whole grid in 2 trials
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from presets import tiny_sweep
 from cluster_utils import BIN, Node, free_ports, processes, query, tail, wait_for
 
 SCRIPT = Path(__file__).resolve().parents[1] / "docker" / "slurm" / "sweep.sbatch"
@@ -185,20 +186,8 @@ def test_waiting_for_nodes_ends_with_a_clear_message() -> None:
 
 # --- the whole script on localhost -------------------------------------------------------------------
 
-PRESET = {
-    "suite": "vtab",
-    "data_root": "{workdir}/data/vtab-1k",
-    "weights": {"demo": "{workdir}/data/demo.safetensors"},
-    "backbones": ["demo"],
-    "tasks": ["digits"],
-    "methods": ["alore"],
-    # Two search trials at once on two one-CPU nodes: one on each.
-    "search": {"algorithm": "optuna", "trials": 2, "scheduler": "fifo"},
-    "space": {"lr": [0.01, 0.005], "weight_decay": [0.001], "dropout": [0.1, 0.0]},
-    "train": {"epochs": 1, "warmup_epochs": 1, "batch_size": 32},
-    "final": {"seeds": [42]},
-    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
-}
+# Two search trials at once on two one-CPU nodes: one on each.
+PRESET = tiny_sweep(train={"epochs": 1})
 
 
 def environ(pid: int) -> dict[str, str]:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import alore
+from presets import tiny_sweep
 from alorectl.cli import app
 from alorectl.tracking.observer import leaderboard_name
 
@@ -25,19 +26,7 @@ pytestmark = pytest.mark.slow  # sweeps or servers end to end: not in `make chec
 runner = CliRunner()
 
 EPOCHS = 3
-PRESET = {
-    "suite": "vtab",
-    "data_root": "{workdir}/data/vtab-1k",
-    "weights": {"demo": "{workdir}/data/demo.safetensors"},
-    "backbones": ["demo"],
-    "tasks": ["digits"],
-    "methods": ["alore", "vpt", "linear"],
-    "search": {"algorithm": "optuna", "trials": 2, "scheduler": "fifo"},
-    "space": {"lr": [0.01, 0.005], "weight_decay": [0.001], "dropout": [0.1, 0.0]},
-    "train": {"epochs": EPOCHS, "warmup_epochs": 1, "batch_size": 32},
-    "final": {"seeds": [42]},
-    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
-}
+PRESET = tiny_sweep(methods=["alore", "vpt", "linear"], train={"epochs": EPOCHS})
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ TPE on a small categorical grid re-suggests points already tried. Here a
 repeated point is told to Optuna as failed and replaced by an untried one, so
 no trial repeats a configuration of its cell. When the budget covers the grid,
 the cell's search is the exhaustive grid. The state saved for restore is JSON
-(the suggestions, their values and per-epoch val200 curves); the studies are rebuilt from it.
+(typed in :mod:`alorectl.sweep.search_state`: the suggestions, their values and per-epoch val200 curves); the
+studies are rebuilt from it.
 Each cell's study is also kept in Optuna's own storage, a mirror of that JSON
 (:mod:`alorectl.sweep.studies`: where, why, and how it stays whole across kills).
 
@@ -38,8 +39,9 @@ from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
 from . import studies
 from .plan import FINAL, SEARCH, CellPlan, SweepPlan, TrialSpec
+from .search_state import (DONE, FAILED, PRUNED, RUNNING, CellState, Chosen, FinalEntry, SearchEntry, SearcherState,
+                           Where)
 from .studies import INDEX, STATES, frozen
-from .studies import curve as _curve
 from .studies import dists as _dists
 
 METRIC, MODE = "val_acc", "max"
@@ -54,9 +56,8 @@ class SweepSearcher(Searcher):
         # No metric for Tune to enforce: final runs report test accuracy, not val200; METRIC is read here.
         super().__init__(metric=None, mode=None)
         self.plan = plan
-        self.state: dict[str, Any] = {"cells": {cp.cell.key: {"search": [], "finals": [], "chosen": None,
-                                                              "failed": None} for cp in plan.cells},
-                                      "trials": {}}
+        self.state = SearcherState.new([cp.cell.key for cp in plan.cells])
+        self._plans: dict[str, CellPlan] = {}                    # cell key -> its plan (see _plan)
         self._studies: dict[str, optuna.Study] = {}
         self._asked: dict[tuple[str, int], optuna.Trial] = {}   # (cell key, search index) -> its asked trial
         self._stored: studies.Studies | None = None  # the studies in Optuna's storage (mirrors of ``state``)
@@ -65,7 +66,7 @@ class SweepSearcher(Searcher):
     # Live Optuna objects never go into Tune's pickles; they are rebuilt from ``state``.
     def __getstate__(self) -> dict[str, Any]:
         data = dict(self.__dict__)
-        data["_studies"], data["_asked"], data["_stored"], data["_synced"] = {}, {}, None, set()
+        data["_plans"], data["_studies"], data["_asked"], data["_stored"], data["_synced"] = {}, {}, {}, None, set()
         return data
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
@@ -74,62 +75,62 @@ class SweepSearcher(Searcher):
     # ---- Tune's calls -------------------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if self.state.get("reissue"):  # lost in a driver kill (see reconcile): the same key again, first
-            return self._reissue(trial_id, *self.state["reissue"].pop(0))
+        if self.state.reissue:  # lost in a driver kill (see reconcile): the same key again, first
+            return self._reissue(trial_id, self.state.reissue.pop(0))
         for cp in self.plan.cells:  # a cell's final runs first: they are its critical path
             spec = self._next_final(cp)
             if spec is not None:
                 return self._issue(trial_id, spec)
         for cp in self.plan.cells:  # then search trials, costliest cells first
-            st = self._cell(cp)
-            if len(st["search"]) < cp.n_search:
+            if len(self._cell(cp).search) < cp.n_search:
                 return self._issue(trial_id, self._next_search(cp))
-        if all(self._cell(cp)["failed"] or len(self._cell(cp)["finals"]) == len(cp.seeds) for cp in self.plan.cells):
+        if all(self._cell(cp).failed or len(self._cell(cp).finals) == len(cp.seeds) for cp in self.plan.cells):
             # Only once nothing runs: Tune keeps FINISHED in its checkpoint and asks no more, even for a
             # trial lost in a driver kill that a restore must re-issue (reconcile).
-            if not any(e["status"] == "running" for st in self.state["cells"].values() for e in st["finals"]):
+            if not any(e.status == RUNNING for st in self.state.cells.values() for e in st.finals):
                 return Searcher.FINISHED
         return None  # searches still running: ask again later
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """A search trial's val200 per epoch, kept for Optuna's intermediate values (a dict update: cheap)."""
-        where = self.state["trials"].get(trial_id)
-        if where is None or where[1] != SEARCH or result.get(METRIC) is None or "epoch" not in result:
+        where = self.state.trials.get(trial_id)
+        if where is None or where.phase != SEARCH or result.get(METRIC) is None or "epoch" not in result:
             return
-        entry = self.state["cells"][where[0]]["search"][where[2]]
-        entry.setdefault("curve", {})[str(int(result["epoch"]))] = float(result[METRIC])
+        self.state.cells[where.cell].search[where.index].curve[str(int(result["epoch"]))] = float(result[METRIC])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        where = self.state["trials"].get(trial_id)
+        where = self.state.trials.get(trial_id)
         if where is None:
             return
-        key, phase, index = where
-        st = self.state["cells"][key]
-        entry = st["search" if phase == SEARCH else "finals"][index]
+        st = self.state.cells[where.cell]
         value = (result or {}).get(METRIC)
-        entry["status"] = "failed" if error or (phase == SEARCH and value is None) else "done"
-        entry["error"] = bool(error)  # errored: Tune retries it on resume (``resume_errored``)
-        if phase == SEARCH:
-            cp = self.plan.cell(_cell_of(self.plan, key))
-            entry["value"] = None if error else value
-            entry["epochs"] = int((result or {}).get("epoch", 0))
-            if entry["status"] == "done" and entry["epochs"] < cp.run.epochs:
-                entry["status"] = "pruned"  # stopped early by the scheduler (ASHA)
-            if entry["status"] != "failed":
-                entry.setdefault("curve", {})[str(entry["epochs"])] = float(value)
-            self._tell(cp, index, entry)
+        if where.phase == SEARCH:
+            entry = st.search[where.index]
+            cp = self._plan(where.cell)
+            entry.status = FAILED if error or value is None else DONE
+            entry.error = bool(error)  # errored: Tune retries it on resume (``resume_errored``)
+            entry.value = None if error else value
+            entry.epochs = int((result or {}).get("epoch", 0))
+            if entry.status == DONE and entry.epochs < cp.run.epochs:
+                entry.status = PRUNED  # stopped early by the scheduler (ASHA)
+            if entry.status != FAILED:
+                entry.curve[str(entry.epochs)] = float(value)
+            self._tell(cp, where.index, entry)
             if not self._sync(cp):  # (a first sync has just mirrored this entry too)
-                self._store().record(cp, index, entry)
-        elif error:
-            st["failed"] = st["failed"] or f"final run {entry['seed']} failed"
+                self._store().record(cp, where.index, entry)
+        else:
+            final = st.finals[where.index]
+            final.status, final.error = (FAILED if error else DONE), bool(error)
+            if error:
+                st.failed = st.failed or f"final run {final.seed} failed"
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "w") as f:
-            json.dump(self.state, f)
+            json.dump(self.state.to_json(), f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
-            self.state = json.load(f)
+            self.state = SearcherState.from_json(json.load(f))
         self._studies, self._asked, self._synced = {}, {}, set()
         self._retry_errored()
 
@@ -137,20 +138,20 @@ class SweepSearcher(Searcher):
         """A restore retries what failed for a reason that may since have been fixed (data, disk, OOM): Tune
         reruns every errored trial (``resume_errored``), so their entries are running again, and a cell's
         "failed" flag is cleared to be decided anew from what the retried trials report."""
-        for st in self.state["cells"].values():
-            for entry in (*st["search"], *st["finals"]):
-                if entry["status"] == "failed" and entry.get("error", True):
-                    entry["status"] = "running"
-            st["failed"] = None
+        for st in self.state.cells.values():
+            for entry in (*st.search, *st.finals):
+                if entry.status == FAILED and entry.error:
+                    entry.status = RUNNING
+            st.failed = None
 
     def reconcile(self, held: set[str]) -> list[str]:
         """After a restore, given the ids of the trials Tune restored: every entry (search or final) still
         'running' whose trial Tune does not hold is lost (the experiment checkpoint can hold this state with
         a suggestion its trial list lacks); the next suggestions re-issue it under the same key (cell, index,
         seed, params). Returns the lost trial ids."""
-        lost = [tid for tid, (key, phase, index) in self.state["trials"].items() if tid not in held
-                and self.state["cells"][key]["search" if phase == SEARCH else "finals"][index]["status"] == "running"]
-        self.state.setdefault("reissue", []).extend(self.state["trials"].pop(tid) for tid in lost)
+        lost = [tid for tid, where in self.state.trials.items()
+                if tid not in held and self.state.entry(where).status == RUNNING]
+        self.state.reissue.extend(self.state.trials.pop(tid) for tid in lost)
         return lost
 
     # ---- what the driver may ask ------------------------------------------------------------------
@@ -162,57 +163,62 @@ class SweepSearcher(Searcher):
 
     # ---- internals ---------------------------------------------------------------------------------
 
-    def _cell(self, cp: CellPlan) -> dict[str, Any]:
-        return self.state["cells"][cp.cell.key]
+    def _cell(self, cp: CellPlan) -> CellState:
+        return self.state.cells[cp.cell.key]
+
+    def _plan(self, key: str) -> CellPlan:
+        """The plan of the cell ``key`` (a dict, not a scan of the plan's cells on every completed trial)."""
+        if not self._plans:
+            self._plans = {cp.cell.key: cp for cp in self.plan.cells}
+        return self._plans[key]
 
     def _issue(self, trial_id: str, spec: TrialSpec) -> dict[str, Any]:
-        st = self._cell(self.plan.cell(spec.cell))
+        cp = self._plan(spec.cell.key)
+        st = self._cell(cp)
         if spec.phase == SEARCH:
-            self._sync(self.plan.cell(spec.cell))
-            st["search"].append({"params": spec.params, "status": "running", "value": None, "epochs": 0})
-            warm = st.get("warm") or []
+            self._sync(cp)
+            entry = SearchEntry(params=spec.params)
+            warm = st.warm or []
             if spec.index < len(warm) and warm[spec.index]["params"] == spec.params:
-                st["search"][-1]["warm_start_from"] = warm[spec.index]["from"]
-            self.state["trials"][trial_id] = [spec.cell.key, SEARCH, spec.index]
+                entry.warm_start_from = warm[spec.index]["from"]
+            st.search.append(entry)
         else:
-            st["finals"].append({"seed": spec.seed, "status": "running"})
-            self.state["trials"][trial_id] = [spec.cell.key, FINAL, spec.index]
+            st.finals.append(FinalEntry(seed=spec.seed))
+        self.state.trials[trial_id] = Where(spec.cell.key, spec.phase, spec.index)
         return spec.to_config()
 
-    def _reissue(self, trial_id: str, key: str, phase: str, index: int) -> dict[str, Any]:
-        cp = self.plan.cell(_cell_of(self.plan, key))
+    def _reissue(self, trial_id: str, where: Where) -> dict[str, Any]:
+        cp = self._plan(where.cell)
         st = self._cell(cp)
-        if phase == SEARCH:
-            spec = TrialSpec(cp.cell, SEARCH, index, cp.seeds[0], dict(st["search"][index]["params"]), cp.run)
+        if where.phase == SEARCH:
+            spec = TrialSpec(cp.cell, SEARCH, where.index, cp.seeds[0], dict(st.search[where.index].params), cp.run)
         else:
-            spec = TrialSpec(cp.cell, FINAL, index, st["finals"][index]["seed"], dict(st["chosen"]["params"]), cp.run,
-                             chosen_val_acc=st["chosen"]["value"])
-        self.state["trials"][trial_id] = [key, phase, index]
+            spec = TrialSpec(cp.cell, FINAL, where.index, st.finals[where.index].seed, dict(st.chosen.params),
+                             cp.run, chosen_val_acc=st.chosen.value)
+        self.state.trials[trial_id] = where
         return spec.to_config()
 
     def _next_final(self, cp: CellPlan) -> TrialSpec | None:
         st = self._cell(cp)
-        if st["failed"] or len(st["search"]) < cp.n_search or any(e["status"] == "running" for e in st["search"]):
+        if st.failed or len(st.search) < cp.n_search or st.search_running():
             return None
-        if st["chosen"] is None:
-            scored = [(i, e) for i, e in enumerate(st["search"])
-                      if e["status"] in ("done", "pruned") and e["value"] is not None]
+        if st.chosen is None:
+            scored = [(i, e) for i, e in enumerate(st.search) if e.status in (DONE, PRUNED) and e.value is not None]
             if not scored:
-                st["failed"] = "every search trial failed"
+                st.failed = "every search trial failed"
                 return None
-            full = max(e["epochs"] for _, e in scored)
+            full = max(e.epochs for _, e in scored)
             # Selection on val200 only; trials pruned early (ASHA) rank below those that ran every epoch.
-            index, best = max(scored, key=lambda ie: (ie[1]["epochs"] == full, ie[1]["value"], -ie[0]))
-            st["chosen"] = {"index": index, "params": best["params"], "value": best["value"]}
-        if len(st["finals"]) >= len(cp.seeds):
+            index, best = max(scored, key=lambda ie: (ie[1].epochs == full, ie[1].value, -ie[0]))
+            st.chosen = Chosen(index, best.params, best.value)
+        if len(st.finals) >= len(cp.seeds):
             return None
-        i = len(st["finals"])
-        return TrialSpec(cp.cell, FINAL, i, cp.seeds[i], dict(st["chosen"]["params"]), cp.run,
-                         chosen_val_acc=st["chosen"]["value"])
+        i = len(st.finals)
+        return TrialSpec(cp.cell, FINAL, i, cp.seeds[i], dict(st.chosen.params), cp.run,
+                         chosen_val_acc=st.chosen.value)
 
     def _next_search(self, cp: CellPlan) -> TrialSpec:
-        st = self._cell(cp)
-        index = len(st["search"])
+        index = len(self._cell(cp).search)
         warm = self._warm(cp, index)
         if cp.exhaustive:  # the whole grid, the warm-start configurations first
             grid = [dict(zip(cp.space, v)) for v in itertools.product(*cp.space.values())]
@@ -225,9 +231,9 @@ class SweepSearcher(Searcher):
     def _warm(self, cp: CellPlan, index: int) -> list[dict[str, Any]]:
         """The cell's warm-start configurations, fixed in ``state`` when its first search trial is suggested."""
         st = self._cell(cp)
-        if "warm" not in st:
-            st["warm"] = studies.warm_start(self.plan, cp) if index == 0 else []
-        return st["warm"]
+        if st.warm is None:
+            st.warm = studies.warm_start(self.plan, cp) if index == 0 else []
+        return st.warm
 
     def _store(self) -> studies.Studies:
         if self._stored is None:
@@ -239,7 +245,7 @@ class SweepSearcher(Searcher):
         if cp.cell.key in self._synced:
             return False
         self._synced.add(cp.cell.key)
-        self._store().mirror(cp, self._cell(cp)["search"])
+        self._store().mirror(cp, self._cell(cp).search)
         return True
 
     def _study(self, cp: CellPlan) -> optuna.Study:
@@ -249,15 +255,15 @@ class SweepSearcher(Searcher):
             sampler = optuna.samplers.TPESampler(seed=zlib.crc32(key.encode()))
             study = optuna.create_study(direction="maximize", sampler=sampler)
             # Rebuilt after a restore: every finished search trial, as Optuna would have seen it.
-            for i, e in enumerate(self._cell(cp)["search"]):
-                if e["status"] != "running":
+            for i, e in enumerate(self._cell(cp).search):
+                if e.status != RUNNING:
                     study.add_trial(frozen(cp, i, e))
             self._studies[key] = study
         return self._studies[key]
 
     def _ask(self, cp: CellPlan, index: int, warm: dict[str, Any] | None = None) -> dict[str, Any]:
         study = self._study(cp)
-        tried = {_point(cp.space, e["params"]) for e in self._cell(cp)["search"]}
+        tried = {_point(cp.space, e.params) for e in self._cell(cp).search}
         if warm is not None and _point(cp.space, warm) not in tried:
             study.enqueue_trial(warm)  # a best configuration of an earlier sweep (--warm-start-from)
         trial = study.ask(_dists(cp))
@@ -272,7 +278,7 @@ class SweepSearcher(Searcher):
         self._asked[(cp.cell.key, index)] = trial
         return dict(trial.params)
 
-    def _tell(self, cp: CellPlan, index: int, entry: dict[str, Any]) -> None:
+    def _tell(self, cp: CellPlan, index: int, entry: SearchEntry) -> None:
         if cp.exhaustive:
             return
         rebuilt = cp.cell.key not in self._studies  # then the study was built with this entry already in it
@@ -283,12 +289,12 @@ class SweepSearcher(Searcher):
             if not rebuilt:
                 study.add_trial(frozen(cp, index, entry))
             return
-        for step, value in _curve(entry):
+        for step, value in entry.points():
             trial.report(value, step)
-        if entry["status"] == "done":
-            study.tell(trial, entry["value"])
+        if entry.status == DONE:
+            study.tell(trial, entry.value)
         else:
-            study.tell(trial, state=STATES[entry["status"]])
+            study.tell(trial, state=STATES[entry.status])
 
 
 class Limiter(ConcurrencyLimiter):
@@ -310,7 +316,3 @@ class Search(SearchGenerator):
 
     def set_state(self, state: dict) -> None:
         super().set_state({**state, "finished": False})
-
-
-def _cell_of(plan: SweepPlan, key: str) -> Any:
-    return next(cp.cell for cp in plan.cells if cp.cell.key == key)

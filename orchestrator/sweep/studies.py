@@ -49,6 +49,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from .plan import CellPlan, SweepPlan
+from .search_state import SearchEntry
 
 JOURNAL = "optuna.journal"  # <workdir>/optuna.journal: the one place the file name is spelled
 INDEX = "search_index"      # a study trial's user attribute: which search trial of its cell it is
@@ -103,20 +104,16 @@ def dists(cp: CellPlan) -> dict[str, optuna.distributions.BaseDistribution]:
     return {k: optuna.distributions.CategoricalDistribution(v) for k, v in cp.space.items()}
 
 
-def curve(entry: dict[str, Any]) -> list[tuple[int, float]]:
-    return sorted((int(step), value) for step, value in (entry.get("curve") or {}).items())
-
-
-def frozen(cp: CellPlan, index: int, entry: dict[str, Any]) -> optuna.trial.FrozenTrial:
+def frozen(cp: CellPlan, index: int, entry: SearchEntry) -> optuna.trial.FrozenTrial:
     """Search trial ``index`` as Optuna sees it once it ended: its state, value (COMPLETE only), per-epoch val200."""
-    state = STATES[entry["status"]]
-    attrs = {INDEX: index, "trial_key": f"search-{index:02d}", "epochs": entry.get("epochs", 0)}
-    if entry.get("warm_start_from"):
-        attrs["warm_start_from"] = entry["warm_start_from"]
+    state = STATES[entry.status]
+    attrs = {INDEX: index, "trial_key": f"search-{index:02d}", "epochs": entry.epochs}
+    if entry.warm_start_from:
+        attrs["warm_start_from"] = entry.warm_start_from
     return optuna.trial.create_trial(
-        state=state, params=entry["params"], distributions=dists(cp),
-        value=entry["value"] if state == optuna.trial.TrialState.COMPLETE else None,
-        intermediate_values=dict(curve(entry)), user_attrs=attrs)
+        state=state, params=entry.params, distributions=dists(cp),
+        value=entry.value if state == optuna.trial.TrialState.COMPLETE else None,
+        intermediate_values=dict(entry.points()), user_attrs=attrs)
 
 
 def plan_attrs(plan: SweepPlan, cp: CellPlan) -> dict[str, Any]:
@@ -153,9 +150,9 @@ class Studies:
             self._loaded[name] = study
         return self._loaded[name]
 
-    def mirror(self, cp: CellPlan, search: list[dict[str, Any]]) -> None:
-        """Make the cell's study hold exactly the finished entries of ``search`` (the searcher's JSON)."""
-        want = {i: frozen(cp, i, e) for i, e in enumerate(search) if e["status"] in STATES}
+    def mirror(self, cp: CellPlan, search: list[SearchEntry]) -> None:
+        """Make the cell's study hold exactly the finished entries of ``search`` (the searcher's state)."""
+        want = {i: frozen(cp, i, e) for i, e in enumerate(search) if e.status in STATES}
         study = self.study(cp)
         have = {t.user_attrs.get(INDEX): t for t in study.get_trials(deepcopy=False)}
         if any(i not in want or _signature(t) != _signature(want[i]) for i, t in have.items()):
@@ -166,7 +163,7 @@ class Studies:
         for i in sorted(set(want) - set(have)):
             study.add_trial(want[i])
 
-    def record(self, cp: CellPlan, index: int, entry: dict[str, Any]) -> None:
+    def record(self, cp: CellPlan, index: int, entry: SearchEntry) -> None:
         """One search trial that just ended: one journal line."""
         self.study(cp).add_trial(frozen(cp, index, entry))
 
