@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from alore.errors import first_line
+from alore.errors import AloreError, first_line
 from alorectl.db.urls import mask_text
 
 #: MLflow's settings for a client that must not stall a sweep, applied by :func:`configure` (never at import).
@@ -117,6 +117,18 @@ class Tracker:
             return found.experiment_id
         location = (self.artifact_root / name.replace("/", "_")).as_uri() if self.artifact_root else None
         return self.client.create_experiment(name, artifact_location=location)
+
+    @guarded
+    def run_tags(self, run_id: str) -> dict[str, str] | None:
+        """The tags of ``run_id``; None when the store has no such run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self.client.get_run(run_id).data.tags)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
 
     @guarded
     def describe(self, experiment_id: str, text: str, **view: Any) -> None:
@@ -224,3 +236,21 @@ HISTORY = {"train_loss": "train_loss", "train_acc": "train_acc", "val_acc": "val
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class ForeignRun(AloreError):
+    """A run named by a card or a result row belongs to another cell: nothing is logged into it."""
+
+
+def check_run_of(tracker: Tracker, run_id: str, backbone: str, task: str, method: str) -> None:
+    """Refuse to log into ``run_id`` unless MLflow has it as a run of ``backbone``/``task``/``method`` (the tags
+    every sweep run carries); :class:`TrackingUnavailable` when MLflow cannot be asked."""
+    tags = tracker.run_tags(run_id)
+    if tags is None:
+        raise ForeignRun(f"MLflow run {run_id} is not in the tracking store; nothing is logged (pass the "
+                         "--tracking-uri the result was logged to)")
+    owner = tuple(tags.get(k) for k in ("backbone", "task", "method"))
+    if owner != (backbone, task, method):
+        shown = "/".join(str(v) if v is not None else "?" for v in owner)
+        raise ForeignRun(f"MLflow run {run_id} belongs to {shown}, not to {backbone}/{task}/{method}; refusing to "
+                         "log into another cell's run")
