@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .backbones import build, create_backbone, is_head_param, resolve
 from .errors import ConfigError, NotMergeableError, WeightsError
@@ -90,11 +90,16 @@ def merge_error(adapted: nn.Module, plain: nn.Module, inputs: torch.Tensor) -> f
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """What the method added or trained: its parameters and buffers, the head, and trained backbone tensors."""
+    keys = adapter_keys(model)
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in keys}
+
+
+def adapter_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys :func:`adapter_state_dict` keeps (works on the meta device too)."""
     backbone = alore_state.of(model).backbone
     plain = set(create_backbone(backbone.name, backbone.num_classes, device="meta").state_dict())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-            if k in trainable or k.replace(".base_layer", "") not in plain}
+    return {k for k in model.state_dict() if k in trainable or k.replace(".base_layer", "") not in plain}
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
@@ -107,8 +112,11 @@ def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, metada
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load ``adapter.safetensors`` into a model adapted with the same method and options."""
-    state = load_file(str(path))
+    """Load ``adapter.safetensors`` into a model adapted with the same method and options (the file is read
+    without following a link, its sizes checked before anything is allocated: :mod:`alore.verify`)."""
+    from .verify import load as load_checked
+
+    state = load_checked(path)
     own = model.state_dict()
     missing = [k for k in state if k not in own]
     if missing:

@@ -6,6 +6,11 @@ plain timm (the card's ``load`` line does the same without alore); one that
 cannot merge (VPT, Adapter, AdaptFormer) is rebuilt: backbone weights, the
 method with the options stored in the adapter file, then the adapter.
 
+An export may come from someone else: before anything is built, every file is checked against what the
+card and the adapter claim (:mod:`alore.verify`: no links, bounded sizes, the tensors the claims imply, the
+sha256 the card records), so a received folder cannot make this allocate unbounded memory or load a foreign
+file. The timm model is built from the backbone the adapter names, never from the card's free text.
+
 Either way the model's ``pretrained_cfg`` carries the preprocessing the model
 was trained and scored with, so
 ``timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))``
@@ -14,7 +19,6 @@ is its evaluation transform.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -43,20 +47,26 @@ def load_export(path: str | os.PathLike, *, weights: str | os.PathLike | None = 
     """
     import timm
 
-    folder = Path(path).expanduser().resolve()
-    card_file = folder / CARD
-    if not card_file.is_file():
-        raise WeightsError(f"no {CARD} in {folder}; pass a folder written by alorectl export")
-    card = json.loads(card_file.read_text())
-    preprocessing = dict(card.get("preprocessing") or {})
-    if card.get("merged") and (folder / MERGED).is_file():
-        overlay = {**(card.get("pretrained_cfg_overlay") or {}), "file": str(folder / MERGED)}
-        model = timm.create_model(card["timm_name"], pretrained=True, num_classes=card["num_classes"],
-                                  pretrained_cfg_overlay=overlay, **(card.get("timm_kwargs") or {}))
-    else:
-        from .analysis.load import load_model, read_adapter_info
+    from . import verify
+    from .backbones import resolve
 
-        info = read_adapter_info(folder)
+    folder = Path(path).expanduser().resolve()
+    if not verify.exists(folder / CARD):
+        raise WeightsError(f"no {CARD} in {folder}; pass a folder written by alorectl export")
+    # Every file against what the card and the adapter claim, before anything is built (alore.verify).
+    card, meta = verify.export_folder(folder, CARD, ADAPTER, MERGED)
+    recorded = card.get("preprocessing")
+    preprocessing = {k: v for k, v in (recorded if isinstance(recorded, dict) else {}).items()
+                     if k in verify.PREPROCESSING_KEYS}
+    if card.get("merged") and verify.exists(folder / MERGED):
+        spec = resolve(meta.backbone)
+        overlay = {"file": str(folder / MERGED), "num_classes": meta.num_classes, **preprocessing}
+        model = timm.create_model(spec.timm_name, pretrained=True, num_classes=meta.num_classes,
+                                  pretrained_cfg_overlay=overlay, **dict(spec.kwargs))
+    else:
+        from .analysis.load import AdapterInfo, load_model
+
+        info = AdapterInfo(meta.path, meta.backbone, meta.method, meta.config, meta.task, meta.num_classes)
         given = weights if weights is not None else backbone_weights_arg(card.get("backbone_weights"))
         if given not in (None, "timm", "hub") and not Path(given).is_file():
             raise WeightsError(f"the backbone weights of this export are not at {given}; "

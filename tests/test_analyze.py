@@ -147,7 +147,8 @@ def workdir(runs, demo_dir, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("mlflow")
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     experiment = client.create_experiment("alore/s1", artifact_location=(tmp_path / "artifacts").as_uri())
-    run_id = client.create_run(experiment).info.run_id
+    # tagged as a sweep tags a cell's run: analyze logs only into the run of the cell it analysed
+    run_id = client.create_run(experiment, tags={"backbone": "demo", "task": "digits", "method": "alore"}).info.run_id
     engine = db.connect(f"sqlite:///{work / 'leaderboard.db'}")
     sweep_id = db.upsert_sweep(engine, "s1", suite="vtab", status="done")
     for method, (folder, metrics) in runs.items():

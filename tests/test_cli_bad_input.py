@@ -34,7 +34,7 @@ import huggingface_hub.constants
 import pytest
 import yaml
 from typer.testing import CliRunner
-from attacks import Planted
+from attacks import Planted, huge_header, huge_tensor_claim, rewrite, write_result
 from ui_utils import FOREIGN_ENV, alorectl
 
 from alorectl import db
@@ -112,21 +112,105 @@ def malformed_yaml(tmp: Path) -> None:
     (tmp / "broken.yaml").write_text("suite: vtab\nmethods: [alore\n")
 
 
-def recorded(tmp: Path) -> None:
+def recorded(tmp: Path, **result) -> None:
     """A leaderboard with one result, demo/digits/alore, of the sweep 'handmade', which logged to an MLflow
-    server with a password (stored masked). The run folder holds an empty adapter: the refusals come first."""
+    server with a password (stored masked). The run folder holds real files of an untrained demo adapter."""
     run = tmp / "run"
-    run.mkdir()
-    (run / "adapter.safetensors").write_bytes(b"")
+    write_result(run)
     engine = db.connect(db_url(tmp))
     try:
         sweep = db.upsert_sweep(engine, "handmade", preset="demo", suite="vtab", status="done",
                                 config={"tracking_uri": "http://alice:***@host:5000"})
         db.upsert_cell(engine, sweep, "demo", "digits", "alore", status="done")
         db.record_result(engine, sweep_id=sweep, backbone="demo", task="digits", method="alore", suite="vtab",
-                         test_acc_mean=70.0, seeds=[42], artifact_uri=str(run))
+                         test_acc_mean=70.0, seeds=[42], artifact_uri=str(run), **result)
     finally:
         engine.dispose()
+
+
+# --- a result or export folder whose files lie about themselves (alore.verify refuses each) -------------
+
+def symlinked_weights(tmp: Path) -> None:
+    """The recorded result's merged weights are a link to a file elsewhere (someone else's model)."""
+    recorded(tmp)
+    write_result(tmp / "foreign")
+    (tmp / "run" / "merged.safetensors").unlink()
+    (tmp / "run" / "merged.safetensors").symlink_to(tmp / "foreign" / "merged.safetensors")
+
+
+def wrong_shape_weights(tmp: Path) -> None:
+    """The merged weights have a head of 11 classes; the adapter says 10."""
+    import torch
+
+    recorded(tmp)
+    rewrite(tmp / "run" / "merged.safetensors",
+            lambda t, m: t.__setitem__("head.weight", torch.zeros(11, t["head.weight"].shape[1])))
+
+
+def huge_tensor_adapter(tmp: Path) -> None:
+    recorded(tmp)
+    huge_tensor_claim(tmp / "run" / "adapter.safetensors")
+
+
+def huge_header_adapter(tmp: Path) -> None:
+    recorded(tmp)
+    huge_header(tmp / "run" / "adapter.safetensors")
+
+
+def metadata_not_tensors(tmp: Path) -> None:
+    """The adapter's metadata claims rank 100000000 (a model of terabytes); its tensors are rank 4."""
+    import json
+
+    def claim(tensors: dict, metadata: dict) -> None:
+        method = json.loads(metadata["method"])
+        method["config"]["rank"] = 100_000_000
+        metadata["method"] = json.dumps(method)
+
+    recorded(tmp)
+    rewrite(tmp / "run" / "adapter.safetensors", claim)
+
+
+def foreign_adapter(tmp: Path) -> None:
+    """The alore result's folder holds a LoRA adapter (someone else's file under this result's name)."""
+    recorded(tmp)
+    write_result(tmp / "run", method="lora")
+
+
+def mlflow_runs_of_two_cells(tmp: Path) -> dict[str, str]:
+    """An MLflow store in the work folder with a run of demo/digits/alore and one of demo/digits/lora, tagged
+    as a sweep tags them; their ids by method."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    experiment = client.create_experiment("alore/handmade", artifact_location=(tmp / "mlartifacts").as_uri())
+    return {m: client.create_run(experiment, tags={"backbone": "demo", "task": "digits", "method": m,
+                                                   "sweep": "handmade"}).info.run_id for m in ("alore", "lora")}
+
+
+def result_logged_to_another_cells_run(tmp: Path) -> None:
+    """The alore result's row names the MLflow run of demo/digits/lora."""
+    runs = mlflow_runs_of_two_cells(tmp)
+    recorded(tmp, mlflow_run_id=runs["lora"], val_acc=60.0)
+
+
+def export_folder_symlinked_adapter(tmp: Path) -> None:
+    """An export folder received from someone: its adapter is a link to a file elsewhere."""
+    write_result(tmp / "foreign")
+    (tmp / "received").mkdir()
+    (tmp / "received" / "adapter.safetensors").symlink_to(tmp / "foreign" / "adapter.safetensors")
+
+
+def export_card_names_another_cells_run(tmp: Path) -> None:
+    """An export folder of demo/digits/alore whose card names the MLflow run of demo/digits/lora."""
+    import json
+    import shutil
+
+    runs = mlflow_runs_of_two_cells(tmp)
+    write_result(tmp / "cell")
+    (tmp / "received").mkdir()
+    shutil.copy(tmp / "cell" / "adapter.safetensors", tmp / "received" / "adapter.safetensors")
+    (tmp / "received" / "card.json").write_text(json.dumps({"backbone": "demo", "task": "digits", "method": "alore",
+                                                            "mlflow_run_id": runs["lora"]}))
 
 
 def studies_of_other(tmp: Path) -> None:
@@ -365,7 +449,39 @@ ROWS = [
     Row("export-out-not-empty", [*EXPORT, "--task", "digits"], ("--out {out} is not empty", "--force"),
         setup=recorded_and_out_taken),
     Row("export-register-without-merged-weights", [*EXPORT, "--task", "digits", "--register"],
-        "--register: the merged weights of demo/digits/alore are missing", setup=recorded),
+        "--register: the merged weights of demo/digits/alore are missing",
+        setup=lambda tmp: (recorded(tmp), (tmp / "run" / "merged.safetensors").unlink())),
+    # export and analyze check every file against what it claims before publishing or logging it (issue 20)
+    Row("export-symlinked-weights", [*EXPORT, "--task", "digits"],
+        ("refusing {tmp}/run/merged.safetensors: it is a symbolic link", "{tmp}/foreign/merged.safetensors"),
+        setup=symlinked_weights),
+    Row("export-weights-wrong-shapes", [*EXPORT, "--task", "digits"],
+        ("refusing {tmp}/run/merged.safetensors: its tensors are not those of demo with 10 classes",
+         "head.weight (11, 64) vs (10, 64)"), setup=wrong_shape_weights),
+    Row("export-header-claims-huge-tensor", [*EXPORT, "--task", "digits"],
+        "refusing {tmp}/run/adapter.safetensors: tensor 'w' claims 4398046511104 bytes", setup=huge_tensor_adapter),
+    Row("export-huge-header", [*EXPORT, "--task", "digits"],
+        "refusing {tmp}/run/adapter.safetensors: its safetensors header claims 1099511627776 bytes",
+        setup=huge_header_adapter),
+    Row("export-adapter-metadata-not-its-tensors", [*EXPORT, "--task", "digits"],
+        ("refusing {tmp}/run/adapter.safetensors: its tensors are not those of its metadata", "'rank': 100000000",
+         "shape mismatch"), setup=metadata_not_tensors),
+    Row("export-foreign-adapter", [*EXPORT, "--task", "digits"],
+        "it holds demo/digits/lora, not the result demo/digits/alore it is recorded as", setup=foreign_adapter),
+    Row("export-register-into-another-cells-run", [*EXPORT, "--task", "digits", "--register"],
+        ("belongs to demo/digits/lora, not to demo/digits/alore", "refusing to log into another cell's run"),
+        setup=result_logged_to_another_cells_run),
+    Row("analyze-from-symlinked-adapter", ["analyze", "experts", "--from", "{tmp}/received", "--weights", "{demo_w}",
+                                           "--data-root", "{data}", "--device", "cpu", "--workdir", "{tmp}"],
+        "refusing {tmp}/received/adapter.safetensors: it is a symbolic link", setup=export_folder_symlinked_adapter),
+    Row("analyze-store-symlinked-weights", ["analyze", "experts", "--backbone", "demo", "--task", "digits",
+                                            "--device", "cpu", "--workdir", "{tmp}"],
+        "refusing {tmp}/run/merged.safetensors: it is a symbolic link", setup=symlinked_weights),
+    Row("analyze-card-names-another-cells-run", ["analyze", "experts", "--from", "{tmp}/received", "--weights",
+                                                 "{demo_w}", "--data-root", "{data}", "--device", "cpu",
+                                                 "--workdir", "{tmp}"],
+        ("belongs to demo/digits/lora, not to demo/digits/alore", "refusing to log into another cell's run"),
+        setup=export_card_names_another_cells_run),
     Row("analyze-search-no-studies", ["analyze", "search", "--backbone", "demo", "--task", "digits", "--method",
                                       "alore", "--workdir", "{tmp}"], ("no Optuna studies in {tmp}", "run a sweep")),
     Row("analyze-search-bad-method", ["analyze", "search", "--backbone", "demo", "--task", "digits", "--method",

@@ -24,8 +24,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+import alorectl.results.export
 from alorectl import db
 import alore
+from attacks import write_result
 from alore.api import load_adapter
 from alore.artifacts import write_run_files
 from alore.train import TrainConfig, fit
@@ -139,10 +141,9 @@ def test_force_exports_into_a_non_empty_out_and_keeps_the_users_files(finished, 
 
 
 def test_forcing_an_unmerged_export_over_a_merged_one_leaves_no_stale_model(finished, tmp_path) -> None:
-    # A run without merged weights (as VPT's), recorded as such.
+    # A run without merged weights: VPT's (an untrained one: the export checks the files, not their accuracy).
     unmerged = tmp_path / "run-vpt"
-    shutil.copytree(finished["run_dir"], unmerged)
-    (unmerged / "merged.safetensors").unlink()
+    write_result(unmerged, method="vpt")
     engine = db.connect(db_url(finished["work"]))
     db.record_result(engine, sweep_id=finished["sweep_id"], backbone="demo", task="digits", method="vpt",
                      suite="vtab", test_acc_mean=50.0, seeds=[42], artifact_uri=str(unmerged))
@@ -157,14 +158,11 @@ def test_forcing_an_unmerged_export_over_a_merged_one_leaves_no_stale_model(fini
     assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "card.json"]
 
 
-@pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux /proc")
-def test_a_failed_export_writes_nothing(finished, tmp_path) -> None:
-    # A run folder whose adapter cannot be read: /proc/self/mem is a regular file that fails with EIO at
-    # offset 0, so the export dies after model.safetensors was already copied.
+def test_a_failed_export_writes_nothing(finished, tmp_path, monkeypatch) -> None:
+    # The export dies with an I/O error after both weights files were copied and checked (the disk fails while
+    # the card is written; a symlinked file, the old way to get here, is now refused before: the bad-input table).
     broken = tmp_path / "run-broken"
-    shutil.copytree(finished["run_dir"], broken)
-    (broken / "adapter.safetensors").unlink()
-    (broken / "adapter.safetensors").symlink_to("/proc/self/mem")
+    write_result(broken, method="lora")
     engine = db.connect(db_url(finished["work"]))
     db.record_result(engine, sweep_id=finished["sweep_id"], backbone="demo", task="digits", method="lora",
                      suite="vtab", test_acc_mean=50.0, seeds=[42], artifact_uri=str(broken))
@@ -173,6 +171,12 @@ def test_a_failed_export_writes_nothing(finished, tmp_path) -> None:
     earlier = parent / "earlier"
     assert export(finished, earlier).exit_code == 0
     before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+
+    def card_fails(row, source, stage, *args):
+        assert sorted(p.name for p in stage.iterdir()) == ["adapter.safetensors", "model.safetensors"]
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(alorectl.results.export, "make_card", card_fails)
 
     for out, force in ((parent / "new", []), (earlier, ["--force"])):
         result = runner.invoke(app, ["export", "--backbone", "demo", "--task", "digits", "--method", "lora",

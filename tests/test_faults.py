@@ -171,3 +171,68 @@ def test_an_allocation_that_cannot_be_made_is_one_line() -> None:
 
 def test_ctrl_c_exits_130_in_one_line() -> None:
     assert _one_line(["stop"]) == (130, "error: interrupted")
+
+
+#: A process that makes the first use of an MLflow store: it signals that it is ready, waits for "go", then
+#: creates an experiment (on a new SQLite store: MLflow creates and migrates the database first).
+FIRST_USE = """
+import pathlib, sys, time
+from alorectl.tracking.client import Tracker
+folder, name = pathlib.Path(sys.argv[1]), sys.argv[2]
+(folder / f"ready-{name}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.001)
+Tracker(f"sqlite:///{folder / 'mlflow.db'}").experiment(f"alore/{name}")
+print("created", name)
+"""
+
+
+def test_first_uses_of_a_new_mlflow_store_at_once_migrate_it_once(tmp_path) -> None:
+    """Two sweeps of different names starting together in a new work folder both make the first use of its
+    mlflow.db; MLflow's migration of a new SQLite store is not safe to run twice at once (duplicate columns,
+    tables that exist). Three processes released at the same instant all succeed: one migrates, the others wait."""
+    names = ("a", "b", "c")
+    procs = [subprocess.Popen([sys.executable, "-c", FIRST_USE, str(tmp_path), n], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for n in names]
+    try:
+        for _ in range(6000):  # until every process has imported MLflow and waits
+            if all((tmp_path / f"ready-{n}").exists() for n in names) or any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.05)
+        (tmp_path / "go").touch()
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for name, proc, out in zip(names, procs, outputs):
+        assert proc.returncode == 0 and f"created {name}" in out and "Traceback" not in out, out
+    from mlflow import MlflowClient
+
+    found = {e.name for e in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()}
+    assert {f"alore/{n}" for n in names} <= found
+
+
+@pytest.mark.slow
+def test_two_sweeps_of_different_names_start_together_in_a_new_work_folder(demo_dir, tmp_path) -> None:
+    """The issue's drill: `alorectl sweep` twice at once, names a and b, in a work folder with no databases yet.
+    Both finish (whichever reaches MLflow's first migration second waits for it), no traceback. How close the
+    two first uses of mlflow.db come depends on Ray's start-up; the test above releases them at one instant."""
+    work, preset = work_folder(demo_dir, tmp_path)
+    env = {**os.environ, "COLUMNS": "200"}
+    procs = {name: subprocess.Popen([sys.executable, "-m", "alorectl.cli", "sweep", "run", str(preset), "--workdir",
+                                     str(work), "--name", name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, env=env) for name in ("a", "b")}
+    try:
+        outputs = {name: p.communicate(timeout=1200)[0] for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    for name, p in procs.items():
+        assert p.returncode == 0 and "Traceback" not in outputs[name], outputs[name]
+        assert cell_status(work, name) == [("done", "done")]
+    from mlflow import MlflowClient
+
+    names = {e.name for e in MlflowClient(f"sqlite:///{work / 'mlflow.db'}").search_experiments()}
+    assert {"alore/a", "alore/b"} <= names, names

@@ -10,13 +10,11 @@ experts as separate modules, which ``merged.safetensors`` has folded away.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from ..api import apply, load_adapter
@@ -24,6 +22,7 @@ from ..backbones import create_backbone, data_config
 from ..data import Preprocess, load_split, read_protocol, task_info
 from ..data.decoded import DecodedSplit, StreamedSplit
 from ..data.splits import require_root
+from .. import verify
 from ..errors import ConfigError, WeightsError
 
 ADAPTER = "adapter.safetensors"
@@ -47,21 +46,14 @@ class AdapterInfo:
 
 
 def read_adapter_info(folder: str | os.PathLike) -> AdapterInfo:
-    """The metadata of ``folder/adapter.safetensors``; a WeightsError when it is missing or not alore's."""
+    """The metadata of ``folder/adapter.safetensors``, checked against its tensors (:func:`alore.verify.adapter`:
+    no link, bounded sizes, exactly the tensors its backbone, method and options imply); a WeightsError when
+    it is missing, not alore's, or not what it claims."""
     path = Path(folder) / ADAPTER
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise WeightsError(f"no {ADAPTER} in {folder}; pass a run folder, a sweep cell folder or an export folder")
-    try:
-        with safe_open(str(path), "pt") as f:
-            raw = f.metadata() or {}
-        meta = {k: json.loads(v) for k, v in raw.items()}
-        backbone, method = meta["backbone"], meta["method"]
-        return AdapterInfo(path, backbone["name"], method["name"], dict(method.get("config") or {}),
-                           meta.get("task"), int(meta.get("num_classes") or backbone["num_classes"]))
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
-        raise WeightsError(f"{path} has no alore metadata (backbone, method); it was not written by alore") from None
-    except Exception as err:  # safetensors' own errors for a truncated or foreign file
-        raise WeightsError(f"cannot read {path}: {type(err).__name__}: {err}") from None
+    meta = verify.adapter(path)
+    return AdapterInfo(path, meta.backbone, meta.method, meta.config, meta.task, meta.num_classes)
 
 
 def load_model(info: AdapterInfo, weights: str | os.PathLike | None, device: torch.device | str = "cpu") -> nn.Module:

@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from alore.data import DEMO_TASKS
+from alore import verify
 from alore.errors import AloreError, ConfigError, UnknownChoiceError, WeightsError
 from alore.files import write_text
 
@@ -70,15 +71,16 @@ class CellFiles:
 # ---- finding the cell -------------------------------------------------------------------------
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError) as err:
-        raise AloreError(f"cannot read {path}: {err}") from None
+    """A JSON file of a result or export folder: never through a link, bounded (:func:`alore.verify.read_json`)."""
+    return verify.read_json(path)
 
 
 def _from_folder(folder: Path) -> tuple[analysis.AdapterInfo, dict[str, Any], dict[str, Any], str | None]:
-    """(adapter, stored config, metrics, MLflow run) of a run, cell or export folder."""
+    """(adapter, stored config, metrics, MLflow run) of a run, cell or export folder, each file checked against
+    what it claims (an export's card against its adapter and weights) before anything is built from it."""
     info = analysis.read_adapter_info(folder)
+    if verify.exists(folder / "card.json"):  # an export folder: the card's claims, the weights, their sha256
+        verify.export_folder(folder, "card.json", analysis.load.ADAPTER, "model.safetensors")
     card, result = _read_json(folder / "card.json"), _read_json(folder / "result.json")  # export / sweep cell
     config = dict(card.get("config") or result.get("config") or {})
     for key in ("suite", "seeds"):
@@ -96,9 +98,11 @@ def _from_store(workdir: Path, db_flag: str | None, backbone: str, task: str, me
     with open_results(workdir, db_flag, remedy="pass --from DIR") as engine:
         row = db.find_result(engine, backbone, task, method, sweep)
     folder = Path(row.artifact_uri or "")
-    if not row.artifact_uri or not (folder / analysis.load.ADAPTER).is_file():
+    if not row.artifact_uri or not verify.exists(folder / analysis.load.ADAPTER):
         raise WeightsError(f"the files of {backbone}/{task}/{method} are missing from {row.artifact_uri!r}; "
                            "pass --from DIR")
+    # The result folder's files are the result the row records (no links, the tensors their metadata implies).
+    verify.run_files(folder, row.backbone, row.task, row.method, analysis.load.ADAPTER, "merged.safetensors")
     return folder, row
 
 
@@ -193,24 +197,44 @@ def output_folder(out: Path | None, workdir: Path, cell: CellFiles) -> Path:
 
 # ---- logging the result -------------------------------------------------------------------------
 
-def log_to_mlflow(workdir: Path, flag: str | None, run_id: str | None, paths: list[Path]) -> None:
-    """Attach ``paths`` to the cell's MLflow run under ``analysis/``; one warning line if that fails."""
-    if run_id is None:
-        return
+def mlflow_runs(workdir: Path, flag: str | None, cells: list[CellFiles]) -> Any:
+    """The tracker of the cells' MLflow runs, each run checked to be its own cell's (backbone, task and method
+    tags) before anything is computed or logged: a card or row naming another cell's run is refused (exit 2).
+    None when no cell has a run, or the store is missing or unreachable (one warning: the analysis is kept
+    locally only)."""
+    runs = [c for c in cells if c.mlflow_run_id]
+    if not runs:
+        return None
     from alorectl.db.urls import mask_text
 
     uri = resolve_tracking_uri(workdir, flag)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         warn(f"MLflow store {mask_text(uri)} not found; the analysis is kept locally only")
+        return None
+    from alorectl.tracking.client import Tracker, TrackingUnavailable, check_run_of
+
+    tracker = Tracker(uri)  # the one MLflow writer: short retries, credentials off every URL
+    try:
+        for cell in runs:
+            check_run_of(tracker, cell.mlflow_run_id, cell.adapter.backbone, cell.task, cell.adapter.method)
+    except TrackingUnavailable as err:  # an unreachable or refusing store must not lose the local output
+        warn(f"could not reach MLflow at {mask_text(uri)} ({err}); the analysis is kept locally only")
+        return None
+    return tracker
+
+
+def log_to_mlflow(tracker: Any, run_id: str | None, paths: list[Path]) -> None:
+    """Attach ``paths`` to the cell's MLflow run (checked by :func:`mlflow_runs`) under ``analysis/``; one warning
+    line if that fails."""
+    if tracker is None or run_id is None:
         return
-    from alorectl.tracking.client import Tracker, TrackingUnavailable
+    from alorectl.tracking.client import TrackingUnavailable
 
     try:
-        tracker = Tracker(uri)  # the one MLflow writer: short retries, credentials off every URL
         for path in paths:
             tracker.artifact(run_id, path, "analysis")
     except TrackingUnavailable as err:  # an unreachable or refusing store must not lose the local output
-        warn(f"could not log to MLflow run {run_id} at {mask_text(uri)} ({err}); the analysis is kept locally only")
+        warn(f"could not log to MLflow run {run_id} ({err}); the analysis is kept locally only")
         return
     err_console.print(f"logged {len(paths)} file(s) to MLflow run {run_id} (artifacts/analysis)", highlight=False,
                       markup=False)
@@ -251,6 +275,7 @@ def experts(
         raise UnknownChoiceError("format", fmt, FORMATS)
     cell = locate(workdir, db_flag, backbone, task, method, sweep, source, weights, data_root,
                   experts_for="the expert analysis")
+    tracker = mlflow_runs(workdir, tracking_uri, [cell])
     model, split, autocast = rebuild(cell, device)
     table = analysis.expert_table(model, split, batch_size, autocast)
     folder = output_folder(out, workdir, cell)
@@ -274,7 +299,7 @@ def experts(
                          f"[{'red' if delta < 0 else 'green'}]{delta:+.2f}[/]")
         console.print(view)
     err_console.print(f"wrote {files[0]} and {files[1].name}", highlight=False, markup=False)
-    log_to_mlflow(workdir, tracking_uri, cell.mlflow_run_id, files)
+    log_to_mlflow(tracker, cell.mlflow_run_id, files)
 
 
 @app.command("attention")
@@ -307,6 +332,7 @@ def attention(
         raise ConfigError(f"--images must be >= 1, got {images}")
     cell = locate(workdir, db_flag, backbone, task, method, sweep, source, weights, data_root,
                   experts_for="attention maps per expert")
+    tracker = mlflow_runs(workdir, tracking_uri, [cell])
     model, split, _ = rebuild(cell, device)
     grid = analysis.expert_attention(model, split, images)
     path = output_folder(out, workdir, cell) / f"attention-{cell.adapter.method}.png"
@@ -314,7 +340,7 @@ def attention(
     console.print(f"attention grid ({len(grid.labels)} images x {len(grid.columns)} columns: "
                   f"{', '.join(grid.columns)}; {width}x{height} px) written to {path}", highlight=False,
                   markup=False)
-    log_to_mlflow(workdir, tracking_uri, cell.mlflow_run_id, [path])
+    log_to_mlflow(tracker, cell.mlflow_run_id, [path])
 
 
 @app.command("tsne")
@@ -356,6 +382,7 @@ def tsne(
     if len({(c.adapter.backbone, c.task) for c in cells}) > 1:
         raise ConfigError("the t-SNE panels must share one backbone and task; got "
                           + ", ".join(f"{c.adapter.backbone}/{c.task}" for c in cells))
+    tracker = mlflow_runs(workdir, tracking_uri, cells)
     embeddings = []
     for cell in cells:
         model, split, autocast = rebuild(cell, device, limit=samples)
@@ -380,7 +407,7 @@ def tsne(
         console.print(view)
     err_console.print(f"wrote {files[0]}", highlight=False, markup=False)
     for cell in cells:
-        log_to_mlflow(workdir, tracking_uri, cell.mlflow_run_id, files)
+        log_to_mlflow(tracker, cell.mlflow_run_id, files)
 
 
 @app.command("search")

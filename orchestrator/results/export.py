@@ -11,7 +11,6 @@ folder whole or not at all.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -24,9 +23,10 @@ from typing import Any
 
 from torch import nn
 
+from alore import verify
 from alore.analysis.load import read_adapter_info
 from alore.api import mergeable_methods
-from alore.artifacts import MERGED, METRICS
+from alore.artifacts import ADAPTER, MERGED, METRICS
 from alore.backbones import create_backbone, data_config, resolve
 from alore.data import Preprocess
 from alore.errors import AloreError
@@ -76,9 +76,9 @@ class PlainTimm:
 def plain_timm(backbone: str, suite: str, source: Path, num_classes: int | None = None) -> PlainTimm | None:
     """The plain timm form of the final files in ``source``; None for a method that cannot be merged."""
     source = Path(source)
-    if not (source / MERGED).is_file():
+    if not verify.exists(source / MERGED):
         return None
-    metrics = json.loads((source / METRICS).read_text()) if (source / METRICS).is_file() else {}
+    metrics = verify.read_json(source / METRICS)
     classes = int(metrics.get("num_classes") or num_classes or 0)
     spec = resolve(backbone)
     dc = data_config(create_backbone(backbone, classes, device="meta"))
@@ -128,23 +128,29 @@ def export_result(workdir: Path, db_flag: str | None, tracking_uri: str | None, 
                              "alorectl bench scale): its weights are stand-ins, there is nothing to export")
         row = db.find_result(engine, backbone, task, method)
     source = Path(row.artifact_uri or "")
-    if not (source / "adapter.safetensors").is_file():
+    if not row.artifact_uri or not verify.exists(source / ADAPTER):
         raise AloreError(f"the files of {backbone}/{task}/{row.method} are missing from {source}")
+    # Each file against the result it is published as, before anything is written (no links, bounded sizes,
+    # the tensors its metadata implies, the metadata this row's backbone/task/method): alore.verify.
+    verify.run_files(source, row.backbone, row.task, row.method, ADAPTER, MERGED)
     if out.exists() and not out.is_dir():
         raise AloreError(f"--out {out} is a file; name a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise AloreError(f"--out {out} is not empty; name a new folder, or pass --force to replace its export files")
     if register:  # refused before anything is written
         check_registrable(backbone, task, row, source / MERGED)
+        check_registrable_run(row, defaults.tracking_uri(workdir, tracking_uri))
     with _staging(out) as stage:
         files: dict[str, str] = {}
-        if (source / "merged.safetensors").is_file():
-            shutil.copy2(source / "merged.safetensors", stage / "model.safetensors")
-        shutil.copy2(source / "adapter.safetensors", stage / "adapter.safetensors")
+        if verify.exists(source / MERGED):
+            verify.copy(source / MERGED, stage / "model.safetensors")
+        verify.copy(source / ADAPTER, stage / "adapter.safetensors")
+        # What is published is what was copied: checked again in the private stage.
+        verify.run_files(stage, row.backbone, row.task, row.method, "adapter.safetensors", "model.safetensors")
         card = make_card(row, source, stage, out.resolve(), defaults.tracking_uri(workdir, tracking_uri))
         for name in ("model.safetensors", "adapter.safetensors"):
             if (stage / name).is_file():
-                files[name] = _sha256(stage / name)
+                files[name] = verify.sha256(stage / name)
         card["sha256"] = files
         (stage / "card.json").write_text(json.dumps(card, indent=2, default=str))
         _publish(stage, out)
@@ -155,7 +161,7 @@ def make_card(row: Any, source: Path, stage: Path, where: Path, tracking_uri: st
     """The card of the result ``row`` (run files in ``source``, copied to ``stage``) as it will be read in
     the absolute folder ``where``."""
     spec = resolve(row.backbone)
-    metrics = json.loads((source / "metrics.json").read_text()) if (source / "metrics.json").is_file() else {}
+    metrics = verify.read_json(source / METRICS)
     classes = int(metrics.get("num_classes") or row.config.get("num_classes") or 0)
     # What the run's data pipeline used: fit() reads data_config of this same backbone (no weights needed).
     dc = data_config(create_backbone(row.backbone, classes, device="meta"))
@@ -201,14 +207,6 @@ def _kwargs_text(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in values.items())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @contextmanager
 def _staging(out: Path) -> Iterator[Path]:
     """A private folder next to ``out`` (same file system: moving its files in is a rename), removed on exit."""
@@ -247,13 +245,28 @@ def check_registrable(backbone: str, task: str, row: Any, merged: Path) -> None:
     if row.method not in mergeable_methods():
         raise AloreError(f"--register: {row.method} cannot be merged into plain timm, so {backbone}/{task}/"
                          f"{row.method} has no MLflow model; mergeable methods: {', '.join(mergeable_methods())}")
-    if not merged.is_file():
+    if not verify.exists(merged):
         raise AloreError(f"--register: the merged weights of {backbone}/{task}/{row.method} are missing: {merged}")
     if not row.mlflow_run_id:
         raise AloreError(f"--register: {backbone}/{task}/{row.method} is not in MLflow yet; "
                          "alorectl sweep resume NAME logs it")
     if row.val_acc is None:
         raise AloreError(f"--register: {backbone}/{task}/{row.method} has no val accuracy to rank it by")
+
+
+def check_registrable_run(row: Any, uri: str) -> None:
+    """The result's MLflow run is this result's (its backbone/task/method tags) before a model is logged into it."""
+    from alore.errors import first_line
+    from alorectl.tracking.client import Tracker, TrackingUnavailable, check_run_of
+
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0] if uri.startswith("sqlite:///") else None
+    if path is not None and not Path(path).is_file():  # not created here: the run cannot be in it
+        raise AloreError(f"--register: MLflow run {row.mlflow_run_id} is not in the tracking store "
+                         f"{db.urls.mask_text(uri)} (it does not exist); pass the --tracking-uri the sweep logged to")
+    try:
+        check_run_of(Tracker(uri), row.mlflow_run_id, row.backbone, row.task, row.method)
+    except TrackingUnavailable as err:
+        raise AloreError(db.urls.mask_text(f"--register: MLflow refused: {first_line(err)}")[:400]) from None
 
 
 def register_result(done: Exported, backbone: str, task: str, uri: str) -> Any:
@@ -264,6 +277,7 @@ def register_result(done: Exported, backbone: str, task: str, uri: str) -> Any:
     from alorectl.tracking.models import has_model, log_model, register
 
     row, card = done.row, done.card
+    verify.merged(done.source / MERGED, row.backbone, int(card["num_classes"]))  # what a model is logged from
     tracker = Tracker(uri)
     try:
         if not has_model(tracker.client, row.mlflow_run_id):

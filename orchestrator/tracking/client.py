@@ -12,12 +12,14 @@ client: every failure becomes :class:`TrackingUnavailable` with no credentials.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -26,7 +28,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from alore.errors import first_line
+from alore.errors import AloreError, first_line
 from alorectl.db.urls import mask_text
 
 #: MLflow's settings for a client that must not stall a sweep, applied by :func:`configure` (never at import).
@@ -106,12 +108,54 @@ def bare_uri(uri: str) -> str:
     return split_credentials(uri)[0]
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of an SQLite tracking URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
+
+
+@contextlib.contextmanager
+def first_use(store: Path) -> Iterator[None]:
+    """Hold ``<store>.lock`` (an ``fcntl.flock``, waiting) while this process makes the first use of an SQLite
+    MLflow store, so that only one process creates and migrates a new database.
+
+    MLflow's tracking store migrates a new database in its constructor without a lock (only its server takes
+    one), and two migrations at once fail ("duplicate column name", "table ... already exists"): two sweeps
+    of different names started together in a new work folder (one name is one driver: ``sweep/lock.py``).
+    The lock file is made before the database, so a process that finds the database but no lock file finds a
+    store someone else made (an MLflow server, an older alore) and needs no lock; the kernel drops the lock
+    when its holder exits, however it exits.
+    """
+    lock = store.with_name(f"{store.name}.lock")
+    if store.exists() and not lock.exists():
+        yield
+        return
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None) -> None:
         uri, credentials = split_credentials(tracking_uri)
         configure(credentials)
-        self.client = MlflowClient(uri)
+        self._uri, self._client = uri, None
         self.artifact_root = artifact_root
+
+    @property
+    def client(self) -> MlflowClient:
+        """MLflow's client, made on first use (MLflow opens the store in its constructor: a new SQLite store is
+        created and migrated there, so that happens under :func:`first_use`). It raises what MLflow raises:
+        the guarded methods below turn that into :class:`TrackingUnavailable`."""
+        if self._client is None:
+            store = sqlite_file(self._uri)
+            with first_use(store) if store is not None else contextlib.nullcontext():
+                self._client = MlflowClient(self._uri)
+        return self._client
 
     @guarded
     def experiment(self, name: str, former: str | None = None) -> str:
@@ -126,6 +170,18 @@ class Tracker:
             return old.experiment_id
         location = (self.artifact_root / name.replace("/", "_")).as_uri() if self.artifact_root else None
         return self.client.create_experiment(name, artifact_location=location)
+
+    @guarded
+    def run_tags(self, run_id: str) -> dict[str, str] | None:
+        """The tags of ``run_id``; None when the store has no such run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self.client.get_run(run_id).data.tags)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
 
     @guarded
     def describe(self, experiment_id: str, text: str, **view: Any) -> None:
@@ -260,3 +316,21 @@ HISTORY = {"train_loss": "train_loss", "train_acc": "train_acc", "val_acc": "val
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class ForeignRun(AloreError):
+    """A run named by a card or a result row belongs to another cell: nothing is logged into it."""
+
+
+def check_run_of(tracker: Tracker, run_id: str, backbone: str, task: str, method: str) -> None:
+    """Refuse to log into ``run_id`` unless MLflow has it as a run of ``backbone``/``task``/``method`` (the tags
+    every sweep run carries); :class:`TrackingUnavailable` when MLflow cannot be asked."""
+    tags = tracker.run_tags(run_id)
+    if tags is None:
+        raise ForeignRun(f"MLflow run {run_id} is not in the tracking store; nothing is logged (pass the "
+                         "--tracking-uri the result was logged to)")
+    owner = tuple(tags.get(k) for k in ("backbone", "task", "method"))
+    if owner != (backbone, task, method):
+        shown = "/".join(str(v) if v is not None else "?" for v in owner)
+        raise ForeignRun(f"MLflow run {run_id} belongs to {shown}, not to {backbone}/{task}/{method}; refusing to "
+                         "log into another cell's run")
