@@ -10,19 +10,16 @@ logs them to the cell's MLflow run (``analysis/``) when the cell has one.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from alore.data import DEMO_TASKS
-from alore import verify
-from alore.errors import AloreError, ConfigError, UnknownChoiceError, WeightsError
+from alore.errors import AloreError, ConfigError, UnknownChoiceError
 from alore.files import write_text
 
 from .app import App, Lazy, console, err_console, split_csv
@@ -30,8 +27,8 @@ from alorectl.security import check_name, inside
 from .options import DEFAULT_WORKDIR, DbUrl, TrackingUri, Workdir
 from .options import tracking_uri as resolve_tracking_uri
 
-analysis, backbones = Lazy("alore.analysis"), Lazy("alore.backbones")   # torch: imported when a command runs
-devices, registry = Lazy("alore.device"), Lazy("alore.methods")
+# torch: imported when a command runs
+analysis, provenance = Lazy("alore.analysis"), Lazy("alorectl.results.provenance")
 
 app = App(help="The paper's analyses of a finished run: experts (table 22), attention maps (figures 4, 7), "
                "t-SNE of [CLS] embeddings (figure 5).")
@@ -53,195 +50,12 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")]
 BatchSize = Annotated[int, typer.Option(help="images per forward pass")]
 
 
-@dataclasses.dataclass(frozen=True)
-class CellFiles:
-    """A finished cell: its adapter and everything needed to rebuild and score it."""
-
-    folder: Path
-    adapter: analysis.AdapterInfo
-    task: str
-    suite: str
-    weights: str | None
-    data_root: Path
-    seed: int
-    mlflow_run_id: str | None
-    from_folder: bool  # --from: outputs go next to it, not into the work folder
-
-
-# ---- finding the cell -------------------------------------------------------------------------
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON file of a result or export folder: never through a link, bounded (:func:`alore.verify.read_json`)."""
-    return verify.read_json(path)
-
-
-def _from_folder(folder: Path) -> tuple[analysis.AdapterInfo, dict[str, Any], dict[str, Any], str | None]:
-    """(adapter, stored config, metrics, MLflow run) of a run, cell or export folder, each file checked against
-    what it claims (an export's card against its adapter and weights) before anything is built from it."""
-    info = analysis.read_adapter_info(folder)
-    if verify.exists(folder / "card.json"):  # an export folder: the card's claims, the weights, their sha256
-        verify.export_folder(folder, "card.json", analysis.load.ADAPTER, "model.safetensors")
-    card, result = _read_json(folder / "card.json"), _read_json(folder / "result.json")  # export / sweep cell
-    config = dict(card.get("config") or result.get("config") or {})
-    for key in ("suite", "seeds"):
-        config.setdefault(key, card.get(key, result.get(key)))
-    return info, config, _read_json(folder / "metrics.json"), card.get("mlflow_run_id")
-
-
-def _from_store(workdir: Path, db_flag: str | None, backbone: str, task: str, method: str,
-                sweep: str | None) -> tuple[Path, Any]:
-    """(cell folder, result row) from the leaderboard database; never creates one."""
-    from alorectl import db
-
-    from alorectl.results.store import open_results
-
-    with open_results(workdir, db_flag, remedy="pass --from DIR") as engine:
-        row = db.find_result(engine, backbone, task, method, sweep)
-    folder = Path(row.artifact_uri or "")
-    if not row.artifact_uri or not verify.exists(folder / analysis.load.ADAPTER):
-        raise WeightsError(f"the files of {backbone}/{task}/{method} are missing from {row.artifact_uri!r}; "
-                           "pass --from DIR")
-    # The result folder's files are the result the row records (no links, the tensors their metadata implies).
-    verify.run_files(folder, row.backbone, row.task, row.method, analysis.load.ADAPTER, "merged.safetensors")
-    return folder, row
-
-
-def _weights_arg(recorded: Any) -> str | None:
-    """The ``weights`` argument of ``create_backbone`` for what a run recorded: None/"random" (a random
-    backbone, rebuilt from the run's seed), "timm:<tag>" (timm's pretrained weights) or a file."""
-    if recorded in (None, "random"):
-        return None
-    return "timm" if str(recorded).startswith("timm:") else str(recorded)
-
-
-def locate(workdir: Path, db_flag: str | None, backbone: str | None, task: str | None, method: str | None,
-           sweep: str | None, source: Path | None, weights: str | None, data_root: Path | None,
-           experts_for: str | None = None) -> CellFiles:
-    """Where the cell's files are and how to rebuild it; every name is checked before anything is read.
-
-    ``experts_for``: the analysis that needs ALoRE's experts (refuses any other adapter).
-    """
-    for kind, value in (("backbone", backbone), ("task", task), ("method", method), ("sweep", sweep)):
-        if value is not None:
-            check_name(kind, value)
-    if backbone is not None:
-        backbones.resolve(backbone)
-    if method is not None:
-        registry.get_method(method)
-    if source is not None:
-        info, config, metrics, run_id = _from_folder(source)
-        stored = {"backbone": info.backbone, "task": info.task or metrics.get("task"), "method": info.method}
-        for kind, given in (("backbone", backbone), ("task", task), ("method", method)):
-            if given is not None and given != stored[kind]:
-                raise ConfigError(f"{source} holds {stored['backbone']}/{stored['task']}/{stored['method']}, "
-                                  f"not --{kind} {given}")
-        folder = source
-    else:
-        if backbone is None or task is None:
-            raise ConfigError("pass --backbone and --task (or --from DIR)")
-        folder, row = _from_store(workdir, db_flag, backbone, task, method or "alore", sweep)
-        info, config, metrics, run_id = (analysis.read_adapter_info(folder), dict(row.config or {}),
-                                         _read_json(folder / "metrics.json"), row.mlflow_run_id)
-        config.setdefault("seeds", row.seeds)
-        config.setdefault("suite", row.suite)
-    if experts_for and not info.has_experts:
-        raise ConfigError(f"{experts_for} needs an alore or alore_attn adapter; {folder} holds {info.method!r}")
-    name = info.task or metrics.get("task") or config.get("task")
-    if not name:
-        raise ConfigError(f"{folder}: the adapter does not say which task it was trained on; pass --task")
-    check_name("task", name)
-    demo_weights = workdir / "data" / "demo.safetensors"
-    if weights is None:
-        if "weights" in config:  # a sweep's stored config
-            weights = _weights_arg(config["weights"])
-        elif "weights" in metrics:  # what train.fit recorded
-            weights = _weights_arg(metrics["weights"])
-        elif info.backbone == "demo" and demo_weights.is_file():
-            weights = str(demo_weights)
-        else:
-            raise ConfigError(f"the weights {info.backbone} started from are unknown; pass --weights FILE")
-    if data_root is None:
-        stored_root = config.get("data_root")
-        if stored_root:
-            data_root = Path(stored_root)
-        elif name in DEMO_TASKS:
-            data_root = workdir / "data" / "vtab-1k"
-        else:
-            raise ConfigError(f"the data root of {name!r} is unknown; pass --data-root DIR")
-    seeds = config.get("seeds") or []
-    seed = int(metrics.get("seed") or config.get("seed") or (min(seeds) if seeds else 42))
-    return CellFiles(folder, info, name, str(config.get("suite") or metrics.get("suite") or "vtab"), weights,
-                     Path(data_root), seed, run_id, source is not None)
-
-
-def rebuild(cell: CellFiles, device: str, limit: int | None = None) -> tuple[Any, Any, Any]:
-    """(model, eval split, autocast) of ``cell`` on ``device``."""
-    import torch
-
-    dev = devices.pick_device(device)
-    if cell.weights is None:
-        torch.manual_seed(cell.seed)  # a run without weights started from this seed's random backbone (train.fit)
-    model = analysis.load_model(cell.adapter, cell.weights, dev)
-    split = analysis.load_eval_split(model, cell.data_root, cell.suite, cell.task, cell.adapter.num_classes, dev)
-    return model, analysis.subset(split, limit), devices.autocast_for(dev)
-
-
-def output_folder(out: Path | None, workdir: Path, cell: CellFiles) -> Path:
-    """``--out``, else ``DIR/analysis`` for ``--from DIR``, else ``<workdir>/analysis/<backbone>/<task>``."""
-    if out is None:
-        out = (cell.folder / "analysis" if cell.from_folder
-               else inside(workdir, "analysis", cell.adapter.backbone, cell.task))
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-# ---- logging the result -------------------------------------------------------------------------
-
-def mlflow_runs(workdir: Path, flag: str | None, cells: list[CellFiles]) -> Any:
-    """The tracker of the cells' MLflow runs, each run checked to be its own cell's (backbone, task and method
-    tags) before anything is computed or logged: a card or row naming another cell's run is refused (exit 2).
-    None when no cell has a run, or the store is missing or unreachable (one warning: the analysis is kept
-    locally only)."""
-    runs = [c for c in cells if c.mlflow_run_id]
-    if not runs:
-        return None
-    from alorectl.db.urls import mask_text
-
-    uri = resolve_tracking_uri(workdir, flag)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        warn(f"MLflow store {mask_text(uri)} not found; the analysis is kept locally only")
-        return None
-    from alorectl.tracking.client import Tracker, TrackingUnavailable, check_run_of
-
-    tracker = Tracker(uri)  # the one MLflow writer: short retries, credentials off every URL
-    try:
-        for cell in runs:
-            check_run_of(tracker, cell.mlflow_run_id, cell.adapter.backbone, cell.task, cell.adapter.method)
-    except TrackingUnavailable as err:  # an unreachable or refusing store must not lose the local output
-        warn(f"could not reach MLflow at {mask_text(uri)} ({err}); the analysis is kept locally only")
-        return None
-    return tracker
-
-
-def log_to_mlflow(tracker: Any, run_id: str | None, paths: list[Path]) -> None:
-    """Attach ``paths`` to the cell's MLflow run (checked by :func:`mlflow_runs`) under ``analysis/``; one warning
-    line if that fails."""
-    if tracker is None or run_id is None:
-        return
-    from alorectl.tracking.client import TrackingUnavailable
-
-    try:
-        for path in paths:
-            tracker.artifact(run_id, path, "analysis")
-    except TrackingUnavailable as err:  # an unreachable or refusing store must not lose the local output
-        warn(f"could not log to MLflow run {run_id} ({err}); the analysis is kept locally only")
-        return
-    err_console.print(f"logged {len(paths)} file(s) to MLflow run {run_id} (artifacts/analysis)", highlight=False,
-                      markup=False)
-
-
 def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+
+def say(message: str) -> None:
+    err_console.print(message, highlight=False, markup=False)
 
 
 # ---- the commands ---------------------------------------------------------------------------------
@@ -273,12 +87,12 @@ def experts(
     """
     if fmt not in FORMATS:
         raise UnknownChoiceError("format", fmt, FORMATS)
-    cell = locate(workdir, db_flag, backbone, task, method, sweep, source, weights, data_root,
+    cell = provenance.locate(workdir, db_flag, backbone, task, method, sweep, source, weights, data_root,
                   experts_for="the expert analysis")
-    tracker = mlflow_runs(workdir, tracking_uri, [cell])
-    model, split, autocast = rebuild(cell, device)
+    tracker = provenance.mlflow_runs(resolve_tracking_uri(workdir, tracking_uri), [cell], warn)
+    model, split, autocast = provenance.rebuild(cell, device)
     table = analysis.expert_table(model, split, batch_size, autocast)
-    folder = output_folder(out, workdir, cell)
+    folder = provenance.output_folder(out, workdir, cell)
     stem = f"experts-{cell.adapter.method}"
     record = {"backbone": cell.adapter.backbone, "task": cell.task, "method": cell.adapter.method,
               "source": str(cell.folder), "test_images": len(split), **table.to_dict()}
@@ -299,7 +113,7 @@ def experts(
                          f"[{'red' if delta < 0 else 'green'}]{delta:+.2f}[/]")
         console.print(view)
     err_console.print(f"wrote {files[0]} and {files[1].name}", highlight=False, markup=False)
-    log_to_mlflow(tracker, cell.mlflow_run_id, files)
+    provenance.log_to_mlflow(tracker, cell.mlflow_run_id, files, warn, say)
 
 
 @app.command("attention")
@@ -330,17 +144,17 @@ def attention(
     """
     if images < 1:
         raise ConfigError(f"--images must be >= 1, got {images}")
-    cell = locate(workdir, db_flag, backbone, task, method, sweep, source, weights, data_root,
+    cell = provenance.locate(workdir, db_flag, backbone, task, method, sweep, source, weights, data_root,
                   experts_for="attention maps per expert")
-    tracker = mlflow_runs(workdir, tracking_uri, [cell])
-    model, split, _ = rebuild(cell, device)
+    tracker = provenance.mlflow_runs(resolve_tracking_uri(workdir, tracking_uri), [cell], warn)
+    model, split, _ = provenance.rebuild(cell, device)
     grid = analysis.expert_attention(model, split, images)
-    path = output_folder(out, workdir, cell) / f"attention-{cell.adapter.method}.png"
+    path = provenance.output_folder(out, workdir, cell) / f"attention-{cell.adapter.method}.png"
     width, height = analysis.draw_grid(grid, path)
     console.print(f"attention grid ({len(grid.labels)} images x {len(grid.columns)} columns: "
                   f"{', '.join(grid.columns)}; {width}x{height} px) written to {path}", highlight=False,
                   markup=False)
-    log_to_mlflow(tracker, cell.mlflow_run_id, [path])
+    provenance.log_to_mlflow(tracker, cell.mlflow_run_id, [path], warn, say)
 
 
 @app.command("tsne")
@@ -373,24 +187,26 @@ def tsne(
     if samples < 3:
         raise ConfigError(f"--samples must be >= 3, got {samples}")
     if source:
-        cells = [locate(workdir, db_flag, backbone, task, None, sweep, s, weights, data_root) for s in source]
+        cells = [provenance.locate(workdir, db_flag, backbone, task, None, sweep, s, weights, data_root)
+                 for s in source]
     else:
         names = split_csv(methods)
         if not names:
             raise ConfigError("--methods is empty; pass e.g. --methods alore,lora")
-        cells = [locate(workdir, db_flag, backbone, task, m, sweep, None, weights, data_root) for m in names]
+        cells = [provenance.locate(workdir, db_flag, backbone, task, m, sweep, None, weights, data_root)
+                 for m in names]
     if len({(c.adapter.backbone, c.task) for c in cells}) > 1:
         raise ConfigError("the t-SNE panels must share one backbone and task; got "
                           + ", ".join(f"{c.adapter.backbone}/{c.task}" for c in cells))
-    tracker = mlflow_runs(workdir, tracking_uri, cells)
+    tracker = provenance.mlflow_runs(resolve_tracking_uri(workdir, tracking_uri), cells, warn)
     embeddings = []
     for cell in cells:
-        model, split, autocast = rebuild(cell, device, limit=samples)
+        model, split, autocast = provenance.rebuild(cell, device, limit=samples)
         features, labels = analysis.head_inputs(model, split, batch_size, autocast)
         emb = analysis.score(analysis.Embedding(cell.adapter.method, features, labels))
         embeddings.append(analysis.project(emb))
     first = cells[0]
-    folder = output_folder(out, workdir, first)
+    folder = provenance.output_folder(out, workdir, first)
     stem = "tsne-" + "_".join(e.method for e in embeddings)
     title = f"{first.adapter.backbone}/{first.task}: [CLS] embeddings of {len(embeddings[0].labels)} test images"
     files = [analysis.draw_panels(embeddings, folder / f"{stem}.png", title),
@@ -407,7 +223,7 @@ def tsne(
         console.print(view)
     err_console.print(f"wrote {files[0]}", highlight=False, markup=False)
     for cell in cells:
-        log_to_mlflow(tracker, cell.mlflow_run_id, files)
+        provenance.log_to_mlflow(tracker, cell.mlflow_run_id, files, warn, say)
 
 
 @app.command("search")
