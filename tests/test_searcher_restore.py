@@ -77,3 +77,30 @@ def test_limiter_drops_the_lost_trial_from_its_live_trials(tmp_path) -> None:
     assert back.live_trials == {"t0"}
     lost = planning.TrialSpec.from_config(back.suggest("n1"))  # a free slot, and the lost entry again
     assert lost.key == "search-01"
+
+
+def test_a_trial_the_database_holds_as_ended_is_taken_as_run_not_issued_again(tmp_path, monkeypatch) -> None:
+    """Tune's snapshot of the searcher can lag the database (a driver killed right after a trial ended): on
+    restore, a trial the database holds as ended (RECORDED) is taken as run, with the params and value that
+    ran, and never issued to Tune again; selection sees its value."""
+    from alorectl.sweep import searcher as searching
+
+    plan = make_plan(methods=["ssf"], tasks=["digits"], trials=2)
+    cp = plan.cells[0]
+    s = SweepSearcher(plan)
+    first = planning.TrialSpec.from_config(s.suggest("s0"))
+    s.on_trial_complete("s0", {"val_acc": 50.0, "epoch": cp.run.epochs})
+    back = restored(s, tmp_path)  # the snapshot: search-00 done, nothing else issued
+    other = next(dict(zip(cp.space, v)) for v in __import__("itertools").product(*cp.space.values())
+                 if dict(zip(cp.space, v)) != first.params)
+    database = {"search-01": {"status": "done", "params": other, "value": 70.0, "epochs": cp.run.epochs},
+                f"final-s{cp.seeds[0]}": {"status": "done", "params": other, "value": 70.0, "epochs": cp.run.epochs}}
+    monkeypatch.setattr(searching, "RECORDED", lambda spec: database.get(spec.key))
+    issued, end = drain(back)
+    keys = [spec.key for _, spec in issued]
+    assert "search-01" not in keys and f"final-s{cp.seeds[0]}" not in keys, keys
+    assert keys == [f"final-s{seed}" for seed in cp.seeds[1:]]  # only what never ran
+    assert all(spec.params == other for _, spec in issued), "the final runs use the recorded best (val 70)"
+    assert end == Searcher.FINISHED
+    entry = back.state.cells[cp.cell.key].search[1]
+    assert (entry.params, entry.value, entry.status) == (other, 70.0, "done")

@@ -186,6 +186,17 @@ class Driver:
                                reports=reports)
         self.finish(outcome, reports)
 
+    def recorded(self, spec: planning.TrialSpec) -> dict[str, Any] | None:
+        """What the database holds for ``spec`` when it ended in an earlier run of this sweep (the searcher
+        takes it as run: :func:`alorectl.sweep.searcher.SweepSearcher._adopt`), else None."""
+        row = self.recorder.rows.get((spec.cell, spec.key))
+        if row is None or row.status not in ("done", "pruned"):
+            return None
+        if (row.val_acc if spec.phase == planning.SEARCH else row.test_acc) is None:
+            return None
+        return {"status": row.status, "params": dict(row.config or {}), "value": row.val_acc,
+                "epochs": int(row.epochs_done or 0)}
+
     # ---- one trial's result, everywhere it goes ----------------------------------------------------
 
     def folder(self, spec: planning.TrialSpec) -> Path:

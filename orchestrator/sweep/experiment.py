@@ -44,10 +44,12 @@ from .searcher import Limiter as RetryLimiter
 
 #: Checkpoints Tune keeps per trial. With ``num_to_keep=N`` Tune snapshots the whole experiment's state (every
 #: trial and the searcher) whenever a trial has checkpointed N times since the last snapshot, so that no
-#: snapshot names a deleted checkpoint: with 1 that is on nearly every report of any trial, and the snapshot was
-#: the largest item in the driver's loop (``alorectl bench scale``). With 2 a trial must report twice between
-#: snapshots, so they come at the reporting period (``cadence``), and a trial's folder holds at most 2.
-KEEP_CHECKPOINTS = 2
+#: snapshot names a deleted checkpoint. With 1 that is on nearly every report, which costs the driver (16% of
+#: its loop on a 48-cell drill, measured by ``alorectl bench scale``; 2% with 2) but keeps the snapshot at most a
+#: report behind: with 2, a driver killed just after a trial's last epoch restored that trial from the epoch
+#: before and trained its last epoch again (tests/test_cluster.py's driver-kill drill went red). Resume promises
+#: that a finished trial never trains again, so the driver pays for the snapshots.
+KEEP_CHECKPOINTS = 1
 RAY_DIR = "ray"  # <workdir>/ray/<sweep>: the one place the storage layout is spelled
 
 
@@ -319,11 +321,14 @@ def trial_body(policy: Policy) -> Any:
 
 def fit(t: tune.Tuner, receiver: Any) -> None:
     global RECEIVER, INTERRUPTED, RESTORED
+    from . import searcher
+
     RECEIVER, INTERRUPTED = receiver, False
+    searcher.RECORDED = getattr(receiver, "recorded", None)
     try:
         t.fit()
     finally:
-        RECEIVER = RESTORED = None
+        RECEIVER = RESTORED = searcher.RECORDED = None
     if INTERRUPTED:  # Tune saved the state and returned: an interruption, not an end
         raise KeyboardInterrupt
 

@@ -32,6 +32,7 @@ import itertools
 import json
 import random
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -45,6 +46,11 @@ from .studies import INDEX, STATES, frozen
 from .studies import dists as _dists
 
 METRIC, MODE = "val_acc", "max"
+
+#: What the sweep's database holds for a trial that ended in an earlier run of the sweep (status, params, value,
+#: epochs), or None; installed by the run layer for the length of a ``fit`` (looked up at call time, never
+#: pickled with the searcher, like :data:`alorectl.sweep.experiment.RECEIVER`).
+RECORDED: Callable[[TrialSpec], dict[str, Any] | None] | None = None
 
 
 def _point(space: dict[str, list], params: dict[str, Any]) -> tuple:
@@ -75,21 +81,54 @@ class SweepSearcher(Searcher):
     # ---- Tune's calls -------------------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if self.state.reissue:  # lost in a driver kill (see reconcile): the same key again, first
-            return self._reissue(trial_id, self.state.reissue.pop(0))
+        while True:
+            if self.state.reissue:  # lost in a driver kill (see reconcile): the same key again, first
+                return self._reissue(trial_id, self.state.reissue.pop(0))
+            spec = self._next()
+            if not isinstance(spec, TrialSpec):
+                return spec  # None (ask again later) or FINISHED
+            if not self._adopt(spec):
+                return self._issue(trial_id, spec)
+
+    def _next(self) -> TrialSpec | str | None:
         for cp in self.plan.cells:  # a cell's final runs first: they are its critical path
             spec = self._next_final(cp)
             if spec is not None:
-                return self._issue(trial_id, spec)
+                return spec
         for cp in self.plan.cells:  # then search trials, costliest cells first
             if len(self._cell(cp).search) < cp.n_search:
-                return self._issue(trial_id, self._next_search(cp))
+                return self._next_search(cp)
         if all(self._cell(cp).failed or len(self._cell(cp).finals) == len(cp.seeds) for cp in self.plan.cells):
             # Only once nothing runs: Tune keeps FINISHED in its checkpoint and asks no more, even for a
             # trial lost in a driver kill that a restore must re-issue (reconcile).
             if not any(e.status == RUNNING for st in self.state.cells.values() for e in st.finals):
                 return Searcher.FINISHED
         return None  # searches still running: ask again later
+
+    def _adopt(self, spec: TrialSpec) -> bool:
+        """Take ``spec`` as already run when the database holds it as ended (:data:`RECORDED`): a driver killed
+        between a trial's end and Tune's next snapshot of the experiment (and of this searcher) leaves a
+        restored state that never issued it, and it must not train again. Its entry is what it ended with."""
+        found = RECORDED(spec) if RECORDED is not None else None
+        if found is None:
+            return False
+        cp = self._plan(spec.cell.key)
+        st = self._cell(cp)
+        if spec.phase == FINAL:
+            st.finals.append(FinalEntry(seed=spec.seed, status=DONE))
+            return True
+        self._sync(cp)
+        entry = SearchEntry(params=dict(found["params"]), status=found["status"], value=found["value"],
+                            epochs=int(found["epochs"]), curve={str(int(found["epochs"])): float(found["value"])})
+        st.search.append(entry)
+        asked = self._asked.pop((cp.cell.key, spec.index), None)
+        if not cp.exhaustive:
+            study = self._study(cp)
+            if asked is not None:  # the point TPE proposed for this index was not the one that ran
+                study.tell(asked, state=optuna.trial.TrialState.FAIL)
+            study.add_trial(frozen(cp, spec.index, entry))
+        self._store().record(cp, spec.index, entry)
+        return True
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """A search trial's val200 per epoch, kept for Optuna's intermediate values (a dict update: cheap)."""
