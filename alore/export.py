@@ -66,7 +66,7 @@ def load_export(path: str | os.PathLike, *, weights: str | os.PathLike | None = 
     else:
         from .analysis.load import AdapterInfo, load_model
 
-        info = AdapterInfo(meta.path, meta.backbone, meta.method, meta.config, meta.task, meta.num_classes)
+        info = AdapterInfo.of(meta)
         given = weights if weights is not None else backbone_weights_arg(card.get("backbone_weights"))
         if given not in (None, "timm", "hub") and not Path(given).is_file():
             raise WeightsError(f"the backbone weights of this export are not at {given}; "

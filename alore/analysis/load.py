@@ -30,15 +30,18 @@ ALORE_METHODS = ("alore", "alore_attn")
 
 
 @dataclasses.dataclass(frozen=True)
-class AdapterInfo:
-    """What ``adapter.safetensors`` says about the run that wrote it."""
+class AdapterInfo(verify.AdapterMeta):
+    """What ``adapter.safetensors`` says about the run that wrote it, checked against its tensors
+    (:class:`alore.verify.AdapterMeta`: backbone, method, its options, task, classes)."""
 
-    path: Path
-    backbone: str
-    method: str
-    method_config: dict[str, Any]
-    task: str | None
-    num_classes: int
+    @classmethod
+    def of(cls, meta: verify.AdapterMeta) -> AdapterInfo:
+        return cls(meta.path, meta.backbone, meta.method, meta.config, meta.task, meta.num_classes)
+
+    @property
+    def method_config(self) -> dict[str, Any]:
+        """The method's options (``alore.apply(model, method, **method_config)``)."""
+        return self.config
 
     @property
     def has_experts(self) -> bool:
@@ -53,7 +56,7 @@ def read_adapter_info(folder: str | os.PathLike) -> AdapterInfo:
     if not os.path.lexists(path):
         raise WeightsError(f"no {ADAPTER} in {folder}; pass a run folder, a sweep cell folder or an export folder")
     meta = verify.adapter(path)
-    return AdapterInfo(path, meta.backbone, meta.method, meta.config, meta.task, meta.num_classes)
+    return AdapterInfo.of(meta)
 
 
 def load_model(info: AdapterInfo, weights: str | os.PathLike | None, device: torch.device | str = "cpu") -> nn.Module:

@@ -160,6 +160,7 @@ class Driver:
         self.dirty: set[str] = set()
         self.board_at = time.monotonic()
         self.later = Background()  # MLflow calls: Tune's event loop (which calls us) must not wait on them
+        self.cells = {cp.cell.key: cp.cell for cp in plan.cells}
 
     # ---- Tune events -------------------------------------------------------------------------------
 
@@ -186,13 +187,14 @@ class Driver:
                                reports=reports)
         self.finish(outcome, reports)
 
-    def recorded(self, spec: planning.TrialSpec) -> dict[str, Any] | None:
-        """What the database holds for ``spec`` when it ended in an earlier run of this sweep (the searcher
-        takes it as run: :func:`alorectl.sweep.searcher.SweepSearcher._adopt`), else None."""
-        row = self.recorder.rows.get((spec.cell, spec.key))
+    def recorded(self, cell: str, key: str, phase: str) -> dict[str, Any] | None:
+        """What the database holds for trial ``key`` of cell ``cell`` when it ended in an earlier run of this
+        sweep (the searcher and the scheduler take it as run: :mod:`alorectl.sweep.searcher`,
+        :class:`alorectl.sweep.experiment.SkipRecorded`), else None."""
+        row = self.recorder.rows.get((self.cells[cell], key))
         if row is None or row.status not in ("done", "pruned"):
             return None
-        if (row.val_acc if spec.phase == planning.SEARCH else row.test_acc) is None:
+        if (row.val_acc if phase == planning.SEARCH else row.test_acc) is None:
             return None
         return {"status": row.status, "params": dict(row.config or {}), "value": row.val_acc,
                 "epochs": int(row.epochs_done or 0)}

@@ -44,12 +44,11 @@ from .searcher import Limiter as RetryLimiter
 
 #: Checkpoints Tune keeps per trial. With ``num_to_keep=N`` Tune snapshots the whole experiment's state (every
 #: trial and the searcher) whenever a trial has checkpointed N times since the last snapshot, so that no
-#: snapshot names a deleted checkpoint. With 1 that is on nearly every report, which costs the driver (16% of
-#: its loop on a 48-cell drill, measured by ``alorectl bench scale``; 2% with 2) but keeps the snapshot at most a
-#: report behind: with 2, a driver killed just after a trial's last epoch restored that trial from the epoch
-#: before and trained its last epoch again (tests/test_cluster.py's driver-kill drill went red). Resume promises
-#: that a finished trial never trains again, so the driver pays for the snapshots.
-KEEP_CHECKPOINTS = 1
+#: snapshot names a deleted checkpoint. With 1 that is on nearly every report: 16% of the driver's loop on a
+#: 48-cell drill, 2% with 2; at 64 slots the driver spent 432 ms of CPU per trial with 1 and 95 ms with 2
+#: (``alorectl bench scale``). With 2 the snapshot can be a report behind: a trial that ended after it is
+#: restored as unfinished, and :class:`SkipRecorded` keeps it from training again.
+KEEP_CHECKPOINTS = 2
 RAY_DIR = "ray"  # <workdir>/ray/<sweep>: the one place the storage layout is spelled
 
 
@@ -251,6 +250,40 @@ class Limiter(RetryLimiter):
 RESTORED: Limiter | None = None
 
 
+class SkipRecorded:
+    """A scheduler that never starts a trial the database holds as ended. Tune's snapshot of the experiment
+    (taken every few seconds, :data:`KEEP_CHECKPOINTS`) can name a trial that ended after it as still running,
+    with an older checkpoint; restored, Tune would train its last epochs again. Such a trial is stopped
+    before it starts (``stop_trial``, which the scheduler API offers), and the searcher takes what the
+    database recorded (:func:`alorectl.sweep.searcher.recorded`)."""
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        from ray.tune.experiment import Trial
+
+        from .searcher import recorded
+
+        checked = self.__dict__.setdefault("_alore_checked", set())
+        for trial in list(tune_controller.get_live_trials()):
+            if trial.status != Trial.PENDING or trial.trial_id in checked:
+                continue
+            checked.add(trial.trial_id)
+            spec = TrialSpec.from_config(trial.config)
+            if recorded(spec.cell.key, spec.key, spec.phase) is not None:
+                tune_controller.stop_trial(trial)
+        return super().choose_trial_to_run(tune_controller)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_alore_checked"}
+
+
+class Fifo(SkipRecorded, FIFOScheduler):
+    pass
+
+
+class Asha(SkipRecorded, ASHAScheduler):
+    pass
+
+
 def _last_line(path: str | None) -> str | None:
     try:
         lines = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()] if path else []
@@ -290,8 +323,8 @@ def tuner(plan: SweepPlan, workdir: Path, *, cpus_per_trial: float, gpus_per_tri
         if tune.Tuner.can_restore(str(path)):
             # Finished trials stay finished; errored ones resume from their checkpoint.
             return tune.Tuner.restore(str(path), trainable, resume_errored=True)
-    scheduler = (ASHAScheduler(metric=METRIC, mode=MODE, max_t=epochs, grace_period=grace,
-                               reduction_factor=2, time_attr="epoch") if plan.scheduler == "asha" else FIFOScheduler())
+    scheduler = (Asha(metric=METRIC, mode=MODE, max_t=epochs, grace_period=grace,
+                      reduction_factor=2, time_attr="epoch") if plan.scheduler == "asha" else Fifo())
     # No metric on the TuneConfig: final runs score test, not val200, and the searcher and ASHA know theirs.
     # num_samples=-1: the searcher says when the sweep is done (FINISHED), so a trial it re-issues after a
     # restore (Limiter.reconcile) does not count against a fixed number of suggestions.

@@ -50,7 +50,11 @@ METRIC, MODE = "val_acc", "max"
 #: What the sweep's database holds for a trial that ended in an earlier run of the sweep (status, params, value,
 #: epochs), or None; installed by the run layer for the length of a ``fit`` (looked up at call time, never
 #: pickled with the searcher, like :data:`alorectl.sweep.experiment.RECEIVER`).
-RECORDED: Callable[[TrialSpec], dict[str, Any] | None] | None = None
+RECORDED: Callable[[str, str, str], dict[str, Any] | None] | None = None  # (cell key, trial key, phase)
+
+
+def recorded(cell: str, key: str, phase: str) -> dict[str, Any] | None:
+    return RECORDED(cell, key, phase) if RECORDED is not None else None
 
 
 def _point(space: dict[str, list], params: dict[str, Any]) -> tuple:
@@ -109,7 +113,7 @@ class SweepSearcher(Searcher):
         """Take ``spec`` as already run when the database holds it as ended (:data:`RECORDED`): a driver killed
         between a trial's end and Tune's next snapshot of the experiment (and of this searcher) leaves a
         restored state that never issued it, and it must not train again. Its entry is what it ended with."""
-        found = RECORDED(spec) if RECORDED is not None else None
+        found = recorded(spec.cell.key, spec.key, spec.phase)
         if found is None:
             return False
         cp = self._plan(spec.cell.key)
@@ -142,6 +146,9 @@ class SweepSearcher(Searcher):
         if where is None:
             return
         st = self.state.cells[where.cell]
+        found = recorded(where.cell, self._key(where), where.phase)
+        if found is not None:  # ended in an earlier run, stopped unrun after a restore (experiment.SkipRecorded)
+            result, error = {METRIC: found["value"], "epoch": found["epochs"]}, False
         value = (result or {}).get(METRIC)
         if where.phase == SEARCH:
             entry = st.search[where.index]
@@ -204,6 +211,12 @@ class SweepSearcher(Searcher):
 
     def _cell(self, cp: CellPlan) -> CellState:
         return self.state.cells[cp.cell.key]
+
+    def _key(self, where: Where) -> str:
+        """The trial key (``search-03``, ``final-s42``) of an entry, as the database names it."""
+        if where.phase == SEARCH:
+            return f"search-{where.index:02d}"
+        return f"final-s{self.state.cells[where.cell].finals[where.index].seed}"
 
     def _plan(self, key: str) -> CellPlan:
         """The plan of the cell ``key`` (a dict, not a scan of the plan's cells on every completed trial)."""
