@@ -135,7 +135,14 @@ def test_adapter_metadata_that_does_not_match_its_tensors_is_refused_before_buil
 def test_a_replaced_weights_file_is_refused_by_its_sha256(received, tmp_path) -> None:
     folder = received("alore")
     write_result(tmp_path / "other")  # weights of the same shapes, other values: someone else's model
-    shutil.copy(tmp_path / "other" / "merged.safetensors", folder / "model.safetensors")
+    other = tmp_path / "other" / "merged.safetensors"
+
+    def nudge(tensors: dict, metadata: dict) -> None:  # a random demo backbone can repeat the export's values
+        name = next(iter(tensors))
+        tensors[name] = tensors[name] + 1.0
+
+    rewrite(other, nudge)
+    shutil.copy(other, folder / "model.safetensors")
     refused(folder, "model.safetensors: its sha256 is not the one card.json records")
 
 
