@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -182,17 +181,12 @@ def is_loopback(address: str) -> bool:
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the UI process exited with {proc.returncode} before serving {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
+    from alorectl.tracking.browser import answers
+
+    if answers(url, timeout, alive=lambda: proc.poll() is None):
+        return
+    if proc.poll() is not None:
+        raise RuntimeError(f"the UI process exited with {proc.returncode} before serving {url}")
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 

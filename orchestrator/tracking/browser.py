@@ -27,6 +27,7 @@ import sys
 import time
 import urllib.request
 import webbrowser
+from collections.abc import Callable
 
 WAIT_S = 180.0  # a cold MLflow start on a busy laptop
 
@@ -46,18 +47,23 @@ def available() -> webbrowser.BaseBrowser | None:
     return browser
 
 
-def open_when_up(url: str, health: str, wait_s: float = WAIT_S) -> bool:
-    """Wait for ``health`` to answer 200, then open ``url``; False when it never answered or nothing opened."""
+def answers(url: str, wait_s: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Whether ``url`` answers 200 within ``wait_s`` seconds (polled every 0.5 s while ``alive()``)."""
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and alive():
         try:
-            with urllib.request.urlopen(health, timeout=5) as response:
+            with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
-                    break
+                    return True
         except OSError:
             pass
         time.sleep(0.5)
-    else:
+    return False
+
+
+def open_when_up(url: str, health: str, wait_s: float = WAIT_S) -> bool:
+    """Wait for ``health`` to answer 200, then open ``url``; False when it never answered or nothing opened."""
+    if not answers(health, wait_s):
         return False
     browser = available()
     return bool(browser and browser.open(url, new=2))

@@ -111,7 +111,6 @@ class Track:
         self.several_backbones = len({cp.cell.backbone for cp in plan.cells}) > 1
         self.down_until = 0.0
         self._experiment: str | None = None
-        self._parents: dict[Cell, str] = {}
         self._index: dict[str, tuple[str, bool]] | None = None  # the sweep experiment's runs (see _runs)
         self.links: dict[str, str] = {}  # experiment name -> id, for the deep links printed at the end
 
@@ -172,17 +171,15 @@ class Track:
         return self._index
 
     def parent(self, cell: Cell, start_time: int | None = None) -> str:
-        if cell not in self._parents:
+        key = f"{self.plan.name}/{cell.key}"
+        found = self._runs().get(key)  # complete or not: a cell's run is filled in place
+        if found is None:
             name = cell.label + (f" · {cell.backbone}" if self.several_backbones else "")
             tags = {"backbone": cell.backbone, "task": cell.task, "method": cell.method, "sweep": self.plan.name,
                     **self.marks}
-            key = f"{self.plan.name}/{cell.key}"
-            found = self._runs().get(key)  # complete or not: a cell's run is filled in place
-            if found is None:
-                found = (self.tracker.create_run(self.experiment(), key, name, tags, start_time=start_time), False)
-                self._runs()[key] = found
-            self._parents[cell] = found[0]
-        return self._parents[cell]
+            found = (self.tracker.create_run(self.experiment(), key, name, tags, start_time=start_time), False)
+            self._runs()[key] = found
+        return found[0]
 
     def _trial(self, outcome: TrialOutcome, history: list[dict[str, Any]]) -> str:
         spec = outcome.spec
