@@ -118,6 +118,7 @@ def test_bench_train_prints_ratios_to_lora() -> None:
     assert 0.0 < rows["alore"]["loading_share"] < 1.0 and rows["alore"]["peak_mib"] is None  # no CUDA here
 
 
+@pytest.mark.slow  # two sweeps on local Ray
 def test_bench_sweep_measures_both_slot_counts(demo_dir) -> None:
     import ray
 

@@ -46,22 +46,39 @@ class Clock:
 def test_cadence_reports_at_rungs_the_end_and_the_rate_budget_carrying_every_epoch() -> None:
     clock = Clock()
     c = Cadence(10, Policy(rungs=asha_rungs(10, 1), every_s=3.0), clock=clock)  # rungs 1, 2, 4, 8
-    sent = []
+    sent, checkpointed = [], []
     for epoch in range(1, 11):
         clock.t += 1.0
-        report = c.add({"epoch": epoch, "val_acc": float(epoch)})
-        if report is not None:
-            sent.append(report)
+        due = c.add({"epoch": epoch, "val_acc": float(epoch)})
+        if due is not None:
+            sent.append(due.report)
+            checkpointed += [epoch] if due.checkpoint else []
     # rungs 1, 2, 4, 8; 7 (3 s after 4); the end
     assert [r["epoch"] for r in sent] == [1, 2, 4, 7, 8, 10]
+    assert checkpointed == [1, 2, 4, 7, 8, 10]  # checkpoint_s 0: every report carries one
     rows = [row for r in sent for row in expand(r)]
     assert [r["epoch"] for r in rows] == list(range(1, 11))  # no epoch lost from the curves
     assert all("history" not in r for r in rows)
 
 
+def test_a_checkpoint_goes_with_a_report_only_at_the_end_and_after_checkpoint_s() -> None:
+    clock = Clock()
+    c = Cadence(10, Policy(rungs=asha_rungs(10, 1), every_s=3.0, checkpoint_s=5.0), clock=clock)
+    sent = []
+    for epoch in range(1, 11):
+        clock.t += 1.0
+        due = c.add({"epoch": epoch, "val_acc": float(epoch)})
+        if due is not None:
+            sent.append((epoch, due.checkpoint))
+    # the reports are those of the test above; ASHA's rungs get the metric alone
+    assert sent == [(1, False), (2, False), (4, False), (7, True), (8, False), (10, True)]
+
+
 def test_a_small_sweep_still_reports_every_epoch_and_a_large_one_does_not() -> None:
     assert Policy.for_sweep(2).every_s < 0.2  # the demo and the fault drills: as before
     assert Policy.for_sweep(64).every_s > 1.0  # 64 slots share the driver's budget
+    assert Policy.for_sweep(2).checkpoint_s <= 0.25  # the fault drills find checkpoints mid-trial
+    assert Policy.for_sweep(64).checkpoint_s > 3 * Policy.for_sweep(64).every_s  # Tune's saves stay rare
 
 
 def test_simulated_trial_module_does_not_import_torch() -> None:

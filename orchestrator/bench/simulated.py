@@ -8,7 +8,7 @@ config, its MLflow runs), and its results never reach the leaderboard of real re
 A simulated trial of backbone ``b`` takes ``trial_seconds × cost(b)`` (the plan's cost model: ViT-B = 1)
 spread over its epochs, sleeping where the GPU would compute. Per epoch it reports what
 :func:`alore.train.fit` reports (same metric names) through the same :mod:`~alorectl.sweep.cadence`, and
-each report carries a checkpoint of the real size (trainable parameters + AdamW's two moments, float32,
+a report the cadence checkpoints carries a checkpoint of the real size (trainable parameters + AdamW's two moments, float32,
 counted by the benchmark on the meta device). A final run's last checkpoint holds ``adapter.safetensors``
 of the real size, ``metrics.json`` and a small stand-in ``merged.safetensors`` (marked as such). Its
 accuracies are a deterministic function of the hyper-parameters, the task and the epoch, so that TPE, ASHA,
@@ -145,6 +145,9 @@ def run_simulated(config: dict[str, Any], cadence: Any = None, sim: dict[str, An
             due = reporter.add(metrics)
             if due is None:
                 continue
+            if not due.checkpoint:
+                tune.report(due.report)
+                continue
             with open(ckpt / "checkpoint.pt", "wb") as f:  # the real checkpoint's size; nothing in it
                 _zeros(f, state_bytes)
             (ckpt / STATE).write_text(json.dumps({"epoch": e, "history": history}))
@@ -157,4 +160,4 @@ def run_simulated(config: dict[str, Any], cadence: Any = None, sim: dict[str, An
                 summary.update(task=task, protocol="final", seed=seed, simulated=True,
                                note="simulated run (alorectl bench scale): stand-in weights, synthetic accuracy")
                 (ckpt / "metrics.json").write_text(json.dumps(summary, indent=2))
-            tune.report(due, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
+            tune.report(due.report, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))

@@ -229,6 +229,7 @@ class Driver:
         spec = outcome.spec
         self.recorder.trial_finished(outcome)
         self.later.put(lambda: self.log_trial(outcome, reports))
+        self.discard_checkpoints(spec, outcome.status)
         self.hooks.on_trial_done(outcome)
         cp = self.plan.cell(spec.cell)
         if spec.phase == planning.SEARCH and self.recorder.search_failed(cp):
@@ -246,6 +247,14 @@ class Driver:
                 if time.monotonic() - self.board_at > LEADERBOARD_EVERY_S:
                     self.board_at = time.monotonic()
                     self.later.put(self.publish)
+
+    def discard_checkpoints(self, spec: planning.TrialSpec, status: str) -> None:
+        """A search trial that ended and is recorded is never resumed: its checkpoints (ViT-H's are up to 17 MB
+        each, Tune keeps two per trial, the paper's sweep runs 4,788 search trials) are removed. A final
+        trial's last checkpoint holds its run's files and stays, as does a failed trial's (resumed)."""
+        if spec.phase == planning.SEARCH and status in ("done", "pruned"):
+            folder = self.folder(spec)
+            self.later.put(lambda: run.discard_checkpoints(folder))
 
     def fail(self, cell: planning.Cell, why: str) -> None:
         self.failed[cell] = why
@@ -284,6 +293,7 @@ class Driver:
                 self.recorder.recorded_final(outcome)
             if not row.mlflow_run_id:
                 self.log_trial(outcome)
+            self.discard_checkpoints(spec, row.status)  # in case a kill came before it was done
         for cp in self.plan.cells:  # every seed ended before the restart, the result was not recorded yet
             result = self.recorder.cell_result(cp.cell)
             if result is not None:

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -331,7 +332,7 @@ def tuner(plan: SweepPlan, workdir: Path, *, cpus_per_trial: float, gpus_per_tri
     config = tune.TuneConfig(search_alg=Search(Limiter(SweepSearcher(plan), limit)),
                              scheduler=scheduler, num_samples=-1, reuse_actors=True,
                              trial_dirname_creator=trial_dirname,
-                             trial_name_creator=lambda t: TrialSpec.from_config(t.config).dirname)
+                             trial_name_creator=trial_dirname)  # a module's function: pickled by name, per trial
     run = tune.RunConfig(name=plan.name, storage_path=str(storage(workdir)), verbose=0,
                          callbacks=[Events(), JsonLoggerCallback()],
                          failure_config=tune.FailureConfig(max_failures=2),
@@ -380,6 +381,13 @@ def history(folder: Path) -> list[dict[str, Any]]:
             if "epoch" in row:
                 rows.update((int(r["epoch"]), r) for r in expand(row))  # a report stands for its epochs
     return [rows[e] for e in sorted(rows)]
+
+
+def discard_checkpoints(folder: Path) -> None:
+    """Remove a trial's checkpoints (Tune's ``checkpoint_*`` folders); its reports (``result.json``) stay.
+    Tune never reads a finished trial's checkpoints again, and nothing of ours does for a search trial."""
+    for found in folder.glob("checkpoint_*"):
+        shutil.rmtree(found, ignore_errors=True)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

@@ -1,5 +1,5 @@
-"""What a Ray Tune trial runs: :func:`alore.train.fit`, reporting with a checkpoint at a bounded rate
-(:mod:`alorectl.sweep.cadence`: ASHA's rungs, every few seconds, and the end).
+"""What a Ray Tune trial runs: :func:`alore.train.fit`, reporting at a bounded rate (:mod:`alorectl.sweep.cadence`:
+ASHA's rungs, every few seconds, and the end), with a checkpoint at a lower one and at the end.
 
 A trial gets everything in its config (never the CLI's state, never the
 database). It resumes from ``tune.get_checkpoint()`` after a failure, and leaves
@@ -50,7 +50,8 @@ class TuneReporter(Callbacks):
             write_run_files(checkpoint_dir, summary, self.model, self.data)
         due = self.cadence.add(report)
         if due is not None:  # fit() keeps the newest epoch's checkpoint in checkpoint_dir between reports
-            tune.report(due, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+            tune.report(due.report, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir))
+                        if due.checkpoint else None)
 
 
 def run_trial(config: dict[str, Any], cadence: Policy | None = None) -> None:
