@@ -81,6 +81,20 @@ def test_a_small_sweep_still_reports_every_epoch_and_a_large_one_does_not() -> N
     assert Policy.for_sweep(64).checkpoint_s > 3 * Policy.for_sweep(64).every_s  # Tune's saves stay rare
 
 
+def test_concurrency_counts_trials_training_at_once_and_their_processes() -> None:
+    from alorectl.bench.scale import _concurrency
+
+    def run(attempt: str, start: float, end: float) -> list[dict]:  # a trial run of two epochs
+        mid = (start + end) / 2
+        return [{"attempt": attempt, "epoch": 1, "start": start, "end": mid},
+                {"attempt": attempt, "epoch": 2, "start": mid, "end": end}]
+
+    # process 1 trains a for 0-10 s then c for 10-20 s; process 2 trains b for 0-4 s: two at once for 4 s of 20
+    ledger = {"a": run("1-1", 0, 10), "b": run("2-1", 0, 4), "c": run("1-2", 10, 20)}
+    assert _concurrency(ledger) == {"concurrent_trials_median": 1, "concurrent_trials_max": 2,
+                                    "trial_processes": 2}
+
+
 def test_simulated_trial_module_does_not_import_torch() -> None:
     code = ("import sys, alorectl.bench.simulated, alorectl.sweep.cadence; "
             "bad = [m for m in ('torch', 'alore.train', 'alorectl.sweep.plan', 'timm') if m in sys.modules]; "
@@ -134,6 +148,7 @@ def test_every_trial_exactly_once_in_the_database(drill) -> None:
     assert {s for *_, s in trials} <= {"done", "pruned"}
     assert Counter(k[3].split("-")[0] for k in keys) == {"search": 2 * CELLS, "final": CELLS}
     assert result["trials"] == CELLS * PER_CELL  # the benchmark counted the same
+    assert 1 <= result["concurrent_trials_max"] <= 8 and 1 <= result["trial_processes"]  # 8 slots
 
 
 @pytest.mark.slow

@@ -418,7 +418,7 @@ def _sweep(plan: planning.SweepPlan, preset_file: Path, table: Path, workdir: Pa
         "driver_cpu_s": sum(d.rusage.ru_utime + d.rusage.ru_stime for d in drivers if d.rusage),
         "driver_peak_rss_mb": max(d.rusage.ru_maxrss for d in drivers if d.rusage) / 1024,
         "experiment_state_mb": sum(f.stat().st_size for f in exp.glob("*") if f.is_file()) / 1e6 if exp.is_dir()
-        else 0.0}
+        else 0.0, **_concurrency(epochs)}
     if killed_driver_at is not None or killed_node_at is not None:
         after = killed_driver_at or killed_node_at
         restarted = [e["start"] for rows in epochs.values() for e in rows if e["start"] > after]
@@ -427,6 +427,33 @@ def _sweep(plan: planning.SweepPlan, preset_file: Path, table: Path, workdir: Pa
         out["lost_trial_s_per_slot"] = redone / opts.slots
         out["killed"] = "driver" if killed_driver_at is not None else "node"
     return out
+
+
+def _concurrency(epochs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """How many trials trained at once (each run of a trial from its first epoch's start to its last epoch's
+    end): the time-weighted median and the peak, and how many worker processes ran trials at all. With
+    ``slots`` slots both should approach ``slots``: fewer means the slots waited (for the driver, or for
+    Ray to start the trials' actors)."""
+    spans: dict[str, tuple[float, float]] = {}
+    for rows in epochs.values():
+        for e in rows:
+            start, end = spans.get(e["attempt"], (e["start"], e["end"]))
+            spans[e["attempt"]] = (min(start, e["start"]), max(end, e["end"]))
+    if not spans:
+        return {"concurrent_trials_median": 0, "concurrent_trials_max": 0, "trial_processes": 0}
+    events = sorted([(s, 1) for s, _ in spans.values()] + [(t, -1) for _, t in spans.values()])
+    level, peak, last, held = 0, 0, events[0][0], Counter()
+    for t, step in events:
+        held[level] += t - last
+        level, last = level + step, t
+        peak = max(peak, level)
+    half, acc, median = sum(held.values()) / 2, 0.0, 0
+    for median in sorted(held):
+        acc += held[median]
+        if acc >= half:
+            break
+    return {"concurrent_trials_median": median, "concurrent_trials_max": peak,
+            "trial_processes": len({attempt.split("-")[0] for attempt in spans})}
 
 
 def _peak_rss_mb(pid: int) -> float:

@@ -249,12 +249,12 @@ class Driver:
                     self.later.put(self.publish)
 
     def discard_checkpoints(self, spec: planning.TrialSpec, status: str) -> None:
-        """A search trial that ended and is recorded is never resumed: its checkpoints (ViT-H's are up to 17 MB
-        each, Tune keeps two per trial, the paper's sweep runs 4,788 search trials) are removed. A final
-        trial's last checkpoint holds its run's files and stays, as does a failed trial's (resumed)."""
-        if spec.phase == planning.SEARCH and status in ("done", "pruned"):
-            folder = self.folder(spec)
-            self.later.put(lambda: run.discard_checkpoints(folder))
+        """A trial that ended and is recorded is never resumed: its checkpoints (ViT-H's are up to 17 MB each,
+        Tune keeps 2-4 per trial, the paper's sweep runs 5,814 trials) are removed, except a final trial's last,
+        which holds its run's files. A failed trial keeps them (it is resumed)."""
+        if status in ("done", "pruned"):
+            folder, last = self.folder(spec), spec.phase == planning.FINAL
+            self.later.put(lambda: run.discard_checkpoints(folder, keep_last=last))
 
     def fail(self, cell: planning.Cell, why: str) -> None:
         self.failed[cell] = why
@@ -305,7 +305,7 @@ class Driver:
             cell = planning.Cell(r["backbone"], r["task"], r["method"])
             try:
                 self.plan.cell(cell)
-            except StopIteration:
+            except KeyError:
                 continue
             chosen = planning.searched_params(r["config"] or {})
             self.log_cell(CellResult(cell, r["suite"], r["test_acc_mean"], r["test_acc_std"] or 0.0, {},

@@ -58,6 +58,7 @@ class Recorder:
         self.rows: dict[tuple[Cell, str], Any] = {}
         # How each trial ended so far, (status, val_acc); a resumed sweep starts from what was recorded.
         self.ended: dict[tuple[Cell, str], tuple[str, float | None]] = {}
+        self.searched: dict[Cell, dict[str, tuple[str, float | None]]] = {}  # the same, search trials by cell
         self.reload()
         self.finals: dict[Cell, dict[int, TrialOutcome]] = {}
         cells = {Cell(c.backbone, c.task, c.method): c for c in db.sweep_status(engine, plan.name).cells}
@@ -68,7 +69,9 @@ class Recorder:
         """The sweep's trial rows as the database has them now."""
         self.rows = {(Cell(r.backbone, r.task, r.method), r.trial_key): r
                      for r in db.sweep_trials(self.engine, self.plan.name)}
-        self.ended.update({k: (r.status, r.val_acc) for k, r in self.rows.items() if r.status != "running"})
+        for key, r in self.rows.items():
+            if r.status != "running":
+                self._ended(*key, (r.status, r.val_acc))
 
     def recorded_final(self, outcome: TrialOutcome) -> None:
         """A final run that ended before a restart counts towards its cell's result."""
@@ -101,7 +104,7 @@ class Recorder:
                         seed=spec.seed, config=spec.params, val_acc=m.get("val_acc"), test_acc=m.get("test_acc"),
                         epochs_done=int(m.get("epoch", 0)), node_id=m.get("node_id"),
                         started_at=outcome.started_at, finished_at=outcome.finished_at)
-        self.ended[(spec.cell, spec.key)] = (outcome.status, m.get("val_acc"))
+        self._ended(spec.cell, spec.key, (outcome.status, m.get("val_acc")))
         if spec.phase == FINAL and outcome.status == "done":
             self.finals.setdefault(spec.cell, {})[spec.seed] = outcome
         if spec.phase == FINAL and spec.index == 0:
@@ -113,9 +116,14 @@ class Recorder:
     def result_tracked(self, cell: Cell, run_id: str) -> None:
         db.set_result_run(self.engine, self.sweep_id, cell.backbone, cell.task, cell.method, run_id)
 
+    def _ended(self, cell: Cell, key: str, value: tuple[str, float | None]) -> None:
+        self.ended[(cell, key)] = value
+        if key.startswith(SEARCH):
+            self.searched.setdefault(cell, {})[key] = value
+
     def search_failed(self, cp: CellPlan) -> bool:
         """True (and the cell marked failed) when every search trial of the cell ended without a val score."""
-        ended = [v for (cell, key), v in self.ended.items() if cell == cp.cell and key.startswith(SEARCH)]
+        ended = list(self.searched.get(cp.cell, {}).values())
         if len(ended) < cp.n_search or any(status != "failed" and val is not None for status, val in ended):
             return False
         db.set_cell_status(self.engine, self.cell_ids[cp.cell], "failed")
