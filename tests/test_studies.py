@@ -231,3 +231,23 @@ def test_analyze_search_draws_a_cells_study_once_it_has_three_complete_trials(jo
     unknown = runner.invoke(app, [*args, "--method", "lora"])
     assert unknown.exit_code == 2 and "valid choices: demo/digits/alore, demo/digits/ssf" in unknown.stderr
     assert not (journal / "none").exists() and not (journal / "analysis").exists()
+
+
+def test_the_sweeps_drawer_draws_in_a_process_of_its_own(journal) -> None:
+    """The sweep draws a cell's pictures outside the driver's process (matplotlib would hold its GIL): a fresh
+    interpreter that asks the drawer for them gets the files and has not imported matplotlib itself."""
+    import subprocess
+    import sys
+
+    plan = make_plan(methods=["alore"], tasks=["digits"], trials=3, seeds=[1])
+    studies.use("t", studies.open_journal(journal))
+    s = SweepSearcher(plan)
+    for tid, spec in issue(s, 3):
+        s.on_trial_complete(tid, {"val_acc": 50.0 + spec.index, "epoch": spec.run.epochs})
+    code = ("import sys; from pathlib import Path; from alorectl.results.pictures import Drawer; d = Drawer(); "
+            f"files = d.draw(Path({str(journal)!r}), 't', 'demo', 'digits', 'alore', Path({str(journal / 'out')!r})); "
+            "d.close(); print(sorted(f.name for f in files), 'matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == "['parallel_coordinate.png', 'param_importances.png'] False"
+    assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in (journal / "out").iterdir())

@@ -3,13 +3,18 @@
 Drawn with ``optuna.visualization.matplotlib`` (PNG; plotly, which Optuna's HTML
 plots need, is not a dependency). The sweep logs them to the cell's MLflow run
 (``search/``) when the cell's search ends with at least :data:`MIN_TRIALS`
-complete trials; ``alorectl analyze search`` draws the same files.
+complete trials, in a process of its own (:class:`Drawer`); ``alorectl analyze
+search`` draws the same files.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import warnings
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -55,3 +60,43 @@ def draw(study: optuna.Study, out: Path) -> list[Path]:
             plt.close(ax.figure)
             written.append(out / name)
     return written
+
+
+_JOURNALS: dict[Path, Any] = {}  # in the drawing process: the work folder's journal, read on from where it was
+
+
+def draw_cell(workdir: Path, sweep: str, backbone: str, task: str, method: str, out: Path) -> list[Path]:
+    """Runs in the drawing process: the cell's study, from the work folder's journal, drawn into ``out``. The
+    storage is kept between cells, so each reads only what the journal gained since (it holds every study of
+    the sweep: 5,814 trials in the paper's)."""
+    from alorectl.sweep import studies
+
+    storage = _JOURNALS.get(workdir) or studies.open_journal(workdir, create=False)
+    if storage is None:
+        return []
+    _JOURNALS[workdir] = storage
+    return draw(studies.load(storage, sweep, backbone, task, method), out)
+
+
+class Drawer:
+    """Draws cells' pictures in a process of its own, started on first use. Matplotlib and the parameter
+    importance (a random forest) take 0.3-1 s of CPU a cell, holding the GIL: on the driver's tracking
+    thread they took the time that Ray Tune's event loop, on the main thread, needed (40% of that thread in
+    the ViT-B phase of the paper's whole sweep on 64 slots, ``alorectl bench scale``)."""
+
+    def __init__(self) -> None:
+        self.pool: ProcessPoolExecutor | None = None
+
+    def draw(self, workdir: Path, sweep: str, backbone: str, task: str, method: str, out: Path) -> list[Path]:
+        if self.pool is None:  # spawn: a fresh interpreter, not a fork of a driver that runs Ray's threads
+            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            return self.pool.submit(draw_cell, workdir, sweep, backbone, task, method, out).result()
+        except BrokenProcessPool:
+            self.pool = None  # the next cell starts a new one
+            raise
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None

@@ -425,6 +425,7 @@ def _run_locked(preset: Preset, settings: Settings, hooks: Hooks, plan: planning
         raise
     finally:
         driver.later.close()
+        track.close()
     hooks.on_links(dict(track.links))
     missing = [cp.cell for cp in plan.cells if cp.cell not in recorder.done]
     db.set_sweep_status(engine, sweep_id, "failed" if missing else "done")

@@ -108,6 +108,7 @@ class Track:
         self.tracker, self.plan, self.warn, self.simulated = tracker, plan, warn, simulated
         self.marks = {SIMULATED_TAG: "1"} if simulated else {}
         self.workdir = workdir  # where the sweep's Optuna studies are (pictures of each cell's search)
+        self.drawer: Any = None  # draws them in a process of its own (results.pictures.Drawer), once needed
         self.several_backbones = len({cp.cell.backbone for cp in plan.cells}) > 1
         self.down_until = 0.0
         self._experiment: str | None = None
@@ -231,21 +232,26 @@ class Track:
     def _pictures(self, run_id: str, cell: Cell) -> None:
         """Parameter importance and parallel coordinates of the cell's search (its Optuna study) under ``search/``;
         a cell with fewer than 3 complete search trials has none. Drawing never fails the sweep: a warning."""
-        from alorectl.results import pictures
-        from alorectl.sweep import studies
-
-        storage = studies.open_journal(self.workdir, create=False) if self.workdir else None
-        if storage is None:
+        if self.workdir is None:
             return
+        if self.drawer is None:
+            from alorectl.results.pictures import Drawer
+
+            self.drawer = Drawer()
         with tempfile.TemporaryDirectory(prefix="alore-search-") as tmp:
             try:
-                study = studies.load(storage, self.plan.name, cell.backbone, cell.task, cell.method)
-                files = pictures.draw(study, Path(tmp))
+                files = self.drawer.draw(self.workdir, self.plan.name, cell.backbone, cell.task, cell.method,
+                                         Path(tmp))
             except Exception as err:  # a study or a picture that could not be drawn
                 self.warn(f"pictures of {cell.key}'s search not drawn ({type(err).__name__}: {err})")
                 return
             if files:
                 self.tracker.artifacts(run_id, Path(tmp), "search")
+
+    def close(self) -> None:
+        """Stop the drawing process, if one was started."""
+        if self.drawer is not None:
+            self.drawer.close()
 
     def _leaderboard(self, engine: Any, backbone: str, suite: str) -> bool:
         """One run per method, updated in place as results arrive: the runs table is the paper's table 2
