@@ -8,8 +8,8 @@ config, its MLflow runs), and its results never reach the leaderboard of real re
 A simulated trial of backbone ``b`` takes ``trial_seconds × cost(b)`` (the plan's cost model: ViT-B = 1)
 spread over its epochs, sleeping where the GPU would compute. Per epoch it reports what
 :func:`alore.train.fit` reports (same metric names) through the same :mod:`~alorectl.sweep.cadence`, and
-a report the cadence checkpoints carries a checkpoint of the real size (trainable parameters + AdamW's two moments, float32,
-counted by the benchmark on the meta device). A final run's last checkpoint holds ``adapter.safetensors``
+a report that the cadence checkpoints carries a checkpoint of the real size (trainable parameters + AdamW's
+two moments, float32, counted by the benchmark on the meta device). A final run's last checkpoint holds ``adapter.safetensors``
 of the real size, ``metrics.json`` and a small stand-in ``merged.safetensors`` (marked as such). Its
 accuracies are a deterministic function of the hyper-parameters, the task and the epoch, so that TPE, ASHA,
 selection and the leaderboard have something to act on.

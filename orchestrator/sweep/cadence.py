@@ -13,11 +13,10 @@ a checkpoint copied into storage, a database update and MLflow metrics, is more 
 
 A checkpoint goes with a report only at the end and once ``checkpoint_s`` has passed since the trial's last
 one: :data:`CHECKPOINTS_PER_S` shared among the slots (2 slots: every 0.25 s; 64 slots: every 8 s, what a
-failed trial can lose), never more than :data:`REPORT_EVERY_S` apart. ASHA's rungs need the
-metric alone. Checkpoints are what costs the driver: each is copied into storage, and Tune saves the whole
-experiment's state (every trial of the sweep) whenever one trial has checkpointed ``num_to_keep`` times
-since the last save (:data:`alorectl.sweep.experiment.KEEP_CHECKPOINTS`); at 5,814 trials that state is
-over 100 MB.
+failed trial can lose), never more than :data:`REPORT_EVERY_S` apart. ASHA's rungs need the metric alone.
+Checkpoints are what costs the driver: each is copied into storage, and Tune saves the whole experiment's
+state (every trial of the sweep) whenever one trial has checkpointed ``num_to_keep`` times since the last
+save (:func:`alorectl.sweep.experiment.keep_checkpoints`); at 5,814 trials that state is over 100 MB.
 
 Nothing is lost from the curves: each report carries every epoch since the previous one (``history``, a
 JSON list), which the driver expands into MLflow's per-epoch metrics. Pure Python (no torch): the

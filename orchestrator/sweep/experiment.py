@@ -63,6 +63,8 @@ LARGE_SWEEP_SLOTS = 8
 def keep_checkpoints(slots: int) -> int:
     """``num_to_keep`` for a sweep of ``slots`` trials at once."""
     return KEEP_CHECKPOINTS_LARGE if slots >= LARGE_SWEEP_SLOTS else KEEP_CHECKPOINTS
+
+
 RAY_DIR = "ray"  # <workdir>/ray/<sweep>: the one place the storage layout is spelled
 
 
