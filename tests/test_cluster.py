@@ -256,12 +256,16 @@ def test_killed_driver_is_resumed_without_rerunning_finished_trials(make_sweep) 
     sweep.assert_complete()
     assert [t[:7] + t[8:] for t in sweep.trials("alore")] == first_trials, "finished trials were not rerun"
     files = tune_files("alore")
-    assert files.keys() == first_files.keys(), "no trial of the finished cell ran again"
-    for path, before in first_files.items():
+    # No file new: a trial that ran again would write one. Checkpoints may be gone: an ended trial's are
+    # removed once it is recorded (Driver.discard_checkpoints, which the resumed driver catches up on).
+    assert files.keys() <= first_files.keys(), "no trial of the finished cell ran again"
+    assert {p for p, v in first_files.items() if isinstance(v, set)} <= files.keys(), "every report kept"
+    for path, now in files.items():
+        before = first_files[path]
         if isinstance(before, set):  # reports: the same ones (perhaps one more flushed), by the same processes
-            assert before <= files[path] and {r[1] for r in files[path]} <= {r[1] for r in before}, path
+            assert before <= now and {r[1] for r in now} <= {r[1] for r in before}, path
         else:  # a checkpoint: not written again
-            assert files[path] == before, path
+            assert now == before, path
     unlogged = [t[1:3] for t in sweep.trials() if not t[7]]
     assert not unlogged, f"MLflow logging cut short by the kill was never completed: {unlogged}"
     for method in ("alore", "bitfit"):
