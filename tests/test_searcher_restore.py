@@ -11,7 +11,7 @@ from alorectl.sweep import plan as planning
 from alorectl.sweep.experiment import Limiter
 from alorectl.sweep.searcher import SweepSearcher
 
-from test_plan import drain, make_plan
+from plans import drain, make_plan
 
 
 def restored(s: SweepSearcher, tmp_path) -> SweepSearcher:
