@@ -213,6 +213,31 @@ def test_first_uses_of_a_new_mlflow_store_at_once_migrate_it_once(tmp_path) -> N
     assert {f"alore/{n}" for n in names} <= found
 
 
+def test_the_embedded_mlflow_store_commits_without_waiting_for_the_disk(tmp_path) -> None:
+    """The SQLite MLflow store the driver writes is in WAL mode (a reader never blocks it), and this process's
+    connections to it commit at synchronous NORMAL (no fsync per commit); other SQLite files keep SQLite's
+    defaults."""
+    import sqlite3
+
+    from sqlalchemy import create_engine, text
+
+    from alorectl.tracking.client import Tracker
+
+    store = tmp_path / "mlflow.db"
+    tracker = Tracker(f"sqlite:///{store}")
+    run = tracker.create_run(tracker.experiment("alore/t"), "k", "search 0", {"sweep": "t"})
+    tracker.complete(run)
+    with sqlite3.connect(store) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert oct(store.stat().st_mode & 0o777) == "0o600"
+    other = tmp_path / "other.db"
+    for path, synchronous in ((store, 1), (other, 2)):  # 1 NORMAL, 2 FULL (SQLite's default)
+        engine = create_engine(f"sqlite:///{path}")
+        with engine.connect() as conn:
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == synchronous, path
+        engine.dispose()
+
+
 @pytest.mark.slow
 def test_two_sweeps_of_different_names_start_together_in_a_new_work_folder(demo_dir, tmp_path) -> None:
     """The issue's drill: `alorectl sweep` twice at once, names a and b, in a work folder with no databases yet.

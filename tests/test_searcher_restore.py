@@ -104,3 +104,52 @@ def test_a_trial_the_database_holds_as_ended_is_taken_as_run_not_issued_again(tm
     assert end == Searcher.FINISHED
     entry = back.state.cells[cp.cell.key].search[1]
     assert (entry.params, entry.value, entry.status) == (other, 70.0, "done")
+
+
+class FakeTrial:  # hashable by identity, as Tune's Trial is
+    def __init__(self, status: str, trial_id: str, config: dict) -> None:
+        self.status, self.trial_id, self.config = status, trial_id, config
+
+
+class Controller:
+    """What Tune's controller shows a scheduler: every trial in the experiment's order, the live ones, and
+    stop_trial. Counts the reads of the whole list."""
+
+    def __init__(self, trials: list) -> None:
+        self.trials, self.reads = trials, 0
+
+    def get_trials(self) -> list:
+        self.reads += 1
+        return self.trials
+
+    def get_live_trials(self) -> set:
+        return {t for t in self.trials if t.status not in ("TERMINATED", "ERROR")}
+
+    def stop_trial(self, trial) -> None:
+        trial.status = "TERMINATED"
+
+
+def test_the_sweeps_scheduler_chooses_as_fifo_does_without_reading_every_trial_each_step() -> None:
+    import random
+    from ray.tune.schedulers import FIFOScheduler
+
+    from alorectl.sweep.experiment import Asha, Fifo
+
+    cp = make_plan(methods=["ssf"], tasks=["digits"], trials=4).cells[0]
+    config = planning.TrialSpec(cp.cell, planning.SEARCH, 0, cp.seeds[0], {}, cp.run).to_config()
+    rng = random.Random(0)
+    waiting_many = 0
+    for case in range(300):
+        statuses = rng.choices(["PENDING", "PAUSED", "RUNNING", "TERMINATED", "ERROR"],
+                               weights=[1, 1, 6, 20, 1], k=rng.randrange(1, 60))
+        trials = [FakeTrial(status=s, trial_id=f"{rng.getrandbits(32):08x}", config=config) for s in statuses]
+        want = FIFOScheduler().choose_trial_to_run(Controller(trials))
+        for scheduler in (Fifo(), Asha(metric="val_acc", mode="max", max_t=10, grace_period=1)):
+            controller = Controller(trials)
+            assert scheduler.choose_trial_to_run(controller) is want, (case, statuses)
+            pending, paused = statuses.count("PENDING"), statuses.count("PAUSED")
+            if pending <= 1 and (pending == 1 or paused <= 1):  # at most one waiting: the whole list is never read
+                assert controller.reads == 0, (case, statuses)
+            else:
+                waiting_many += 1
+    assert waiting_many > 20  # the cases where the experiment's order decides were drawn too

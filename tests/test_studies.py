@@ -164,6 +164,25 @@ def test_a_journal_line_cut_by_a_kill_is_dropped_not_fatal(journal) -> None:
     assert len(stored(journal, "t", s.plan.cells[0].cell).get_trials()) == 2
 
 
+def test_the_driver_writes_the_journal_without_waiting_for_the_disk(journal, monkeypatch) -> None:
+    """No fsync per line (the driver writes on Tune's event loop), and still Optuna's own journal: Optuna's
+    reader sees every study and trial, and the write lock is Optuna's, released after each write."""
+    import os
+
+    def fsync(fd: int) -> None:
+        raise AssertionError("the driver's journal waited for the disk (fsync)")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    plan = make_plan(methods=["alore", "ssf"], tasks=["digits"], trials=3, seeds=[1])
+    studies.use("t", studies.open_journal(journal))
+    _, end = drain(SweepSearcher(plan))
+    assert end == Searcher.FINISHED
+    for cp in plan.cells:
+        assert [t.user_attrs["search_index"] for t in stored(journal, "t", cp.cell).get_trials()] == [0, 1, 2]
+    path = studies.journal_path(journal)
+    assert not path.with_name(path.name + ".lock").exists(), "the lock is released after each write"
+
+
 def test_the_dashboard_command_names_the_journal(tmp_path) -> None:
     assert studies.dashboard_command(tmp_path) == f"optuna-dashboard {tmp_path.resolve() / 'optuna.journal'}"
 
@@ -251,3 +270,85 @@ def test_the_sweeps_drawer_draws_in_a_process_of_its_own(journal) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[-2] == "['parallel_coordinate.png', 'param_importances.png'] False"
     assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in (journal / "out").iterdir())
+
+
+def test_a_cells_pictures_are_drawn_while_its_final_runs_train(journal, monkeypatch) -> None:
+    """The sweep starts drawing a cell's pictures when its search ends (its first final run starts), in the
+    drawing process, and logs them with the cell's result: they are drawn before the result arrives, and the
+    folder they were drawn in is gone once they are logged."""
+    import tempfile
+    import time
+
+    from mlflow import MlflowClient
+
+    from alorectl.sweep.record import CellResult
+    from alorectl.tracking.client import Tracker
+    from alorectl.tracking.observer import Track
+
+    plan = make_plan(methods=["alore"], tasks=["digits"], trials=3, seeds=[1])
+    cell = plan.cells[0].cell
+    studies.use("t", studies.open_journal(journal))
+    s = SweepSearcher(plan)
+    for tid, spec in issue(s, 3):
+        s.on_trial_complete(tid, {"val_acc": 50.0 + spec.index, "epoch": spec.run.epochs})
+    scratch = journal / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    uri = f"sqlite:///{journal / 'mlflow.db'}"
+    track = Track(Tracker(uri, journal / "artifacts"), plan, warn=pytest.fail, workdir=journal)
+    try:
+        track.draw_soon(cell)
+        drawn: list = []
+        for _ in range(1200):  # nothing else is asked of the track: the drawing process draws on its own
+            drawn = sorted(p.name for p in scratch.glob("alore-search-*/*.png"))
+            if len(drawn) == 2:
+                break
+            time.sleep(0.1)
+        assert drawn == ["parallel_coordinate.png", "param_importances.png"]
+        run = track.cell(CellResult(cell, "vtab", 60.0, 0.0, {1: 60.0}, 52.0, 1000, {"lr": 0.01}, {}, (1,), 10, None))
+    finally:
+        track.close()
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(run, "search")}
+    assert logged == {"search/param_importances.png", "search/parallel_coordinate.png"}
+    assert not list(scratch.iterdir()), "the drawing's folder is removed once its pictures are logged"
+
+
+def test_the_drawing_process_yields_the_cpu_to_the_driver_and_trials(tmp_path) -> None:
+    """Pictures wait where the driver and the trials need every core: the drawing process runs niced."""
+    import os
+
+    from alorectl.results.pictures import NICENESS, Drawer
+
+    drawer = Drawer()
+    try:
+        assert drawer.wait(drawer.start(tmp_path, "t", "demo", "digits", "alore", tmp_path / "out")) == []  # no study
+        drawing_niceness = drawer.pool.submit(os.nice, 0).result(timeout=300)  # the process that drew
+    finally:
+        drawer.close()
+    assert drawing_niceness == min(19, os.nice(0) + NICENESS)
+
+
+def test_a_job_that_waits_lets_the_jobs_behind_it_run() -> None:
+    """The tracking thread logs a cell's result only once its pictures are drawn (Driver.log_cell): meanwhile
+    the trials' runs queued behind it are logged."""
+    from alorectl.tracking.observer import Background
+
+    ran: list[str] = []
+    ready = {"pictures": False}
+    later = Background()
+
+    def cell() -> None:
+        if not ready["pictures"]:
+            later.again(cell)
+            return
+        ran.append("cell")
+
+    def trial() -> None:
+        ran.append("trial")
+        ready["pictures"] = True
+
+    later.put(cell)
+    later.put(trial)
+    later.drain()
+    later.close()
+    assert ran == ["trial", "cell"]

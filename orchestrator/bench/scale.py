@@ -12,7 +12,8 @@ Only the trial body is simulated (:mod:`alorectl.bench.simulated`): a ViT-B tria
 for its epochs, other backbones scale by the plan's cost model, checkpoints have the real size. The sweep
 is recorded as simulated and kept apart from real results.
 
-Measures: makespan (first epoch start → last trial complete in the database and MLflow), the plan's own
+Measures: makespan (first epoch start → last trial complete in the database and MLflow; ``sweep_done_s`` is
+until the driver exited, every cell's result logged), the plan's own
 estimate for these slots (``ideal_makespan_s``), occupancy (Σ busy epoch time of distinct epochs / (slots ×
 makespan)), results/s, lag (a trial's last epoch → its row and MLflow run complete; the database is polled
 every :data:`POLL_S`), the driver's CPU time and peak RSS (``wait4`` of its process), the size of Tune's
@@ -384,6 +385,7 @@ def _sweep(plan: planning.SweepPlan, preset_file: Path, table: Path, workdir: Pa
             killed_node_at = time.time()
         rc = drivers[-1].poll()
         if rc is not None:
+            exited = time.time()
             break
         time.sleep(POLL_S)
     for row in _query(db_file, COMPLETE_SQL, opts.name):
@@ -415,6 +417,8 @@ def _sweep(plan: planning.SweepPlan, preset_file: Path, table: Path, workdir: Pa
         "epochs_per_s": len(distinct) / makespan if makespan else None,
         "lag_s_median": statistics.median(lags) if lags else None, "lag_s_max": max(lags) if lags else None,
         "lag_resolution_s": POLL_S,
+        # Until the driver exited: every cell's result, pictures and model logged, the leaderboard published.
+        "sweep_done_s": exited - first_start,
         "driver_cpu_s": sum(d.rusage.ru_utime + d.rusage.ru_stime for d in drivers if d.rusage),
         "driver_peak_rss_mb": max(d.rusage.ru_maxrss for d in drivers if d.rusage) / 1024,
         "experiment_state_mb": sum(f.stat().st_size for f in exp.glob("*") if f.is_file()) / 1e6 if exp.is_dir()

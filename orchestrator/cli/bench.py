@@ -209,8 +209,8 @@ def summary_line(r: dict) -> str:
                                  "mlflow_duplicates")) and r["cells_on_leaderboard"] == r["cells"]
     text = (f"SIMULATED sweep: {r['trials']}/{r['planned_trials']} trials of {r['cells']} cells on {r['slots']} slots "
             f"({r['nodes']} nodes, {r['trial_seconds']:g} s per ViT-B trial, {r['epochs']} epochs): makespan "
-            f"{f('makespan_s', '.1f')} s vs the plan's {f('ideal_makespan_s', '.1f')} s (x{f('makespan_ratio')}), "
-            f"occupancy {f('occupancy')} (trials training at once: median {r.get('concurrent_trials_median', '-')}, "
+            f"{f('makespan_s', '.1f')} s vs the plan's {f('ideal_makespan_s', '.1f')} s (x{f('makespan_ratio')}; the "
+            f"driver done at {f('sweep_done_s', '.1f')} s), occupancy {f('occupancy')} (trials training at once: median {r.get('concurrent_trials_median', '-')}, "
             f"peak {r.get('concurrent_trials_max', '-')}, in {r.get('trial_processes', '-')} worker processes), "
             f"{f('results_per_s', '.1f')} results/s, lag median {f('lag_s_median')} s "
             f"max {f('lag_s_max')} s, driver {f('driver_cpu_s', '.0f')} CPU-s ({f('driver_cpu_ms_per_trial', '.0f')} ms "

@@ -9,9 +9,12 @@ search`` draws the same files.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
+import os
+import threading
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -78,25 +81,66 @@ def draw_cell(workdir: Path, sweep: str, backbone: str, task: str, method: str, 
     return draw(studies.load(storage, sweep, backbone, task, method), out)
 
 
+NICENESS = 10  # the drawing process's: pictures wait while the driver and the trials need the CPU
+
+
+def _yield_cpu() -> None:
+    os.nice(NICENESS)
+
+
+@dataclasses.dataclass
+class Drawing:
+    """A cell's pictures being drawn into ``out`` (:meth:`Drawer.start`)."""
+
+    future: Future
+    pool: ProcessPoolExecutor
+    out: Path
+
+
 class Drawer:
     """Draws cells' pictures in a process of its own, started on first use. Matplotlib and the parameter
-    importance (a random forest) take 0.3-1 s of CPU a cell, holding the GIL: on the driver's tracking
+    importance (a random forest) take 0.2-1 s of CPU a cell, holding the GIL: on the driver's tracking
     thread they took the time that Ray Tune's event loop, on the main thread, needed (40% of that thread in
-    the ViT-B phase of the paper's whole sweep on 64 slots, ``alorectl bench scale``)."""
+    the ViT-B phase of the paper's whole sweep on 64 slots, ``alorectl bench scale``).
+
+    The sweep starts a cell's drawing as soon as its search ends (:meth:`start`, from Tune's loop), and logs
+    the cell's result once the drawing is done (the trials' runs are logged meanwhile). The
+    process runs at a lower priority (:data:`NICENESS`): where the driver and the trials need every core (the
+    ViT-B phase of the whole sweep on 2 cores), the pictures wait, not the GPUs."""
 
     def __init__(self) -> None:
         self.pool: ProcessPoolExecutor | None = None
+        self.lock = threading.Lock()  # started from one thread, waited for on another
 
-    def draw(self, workdir: Path, sweep: str, backbone: str, task: str, method: str, out: Path) -> list[Path]:
-        if self.pool is None:  # spawn: a fresh interpreter, not a fork of a driver that runs Ray's threads
-            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    def start(self, workdir: Path, sweep: str, backbone: str, task: str, method: str, out: Path) -> Drawing:
+        with self.lock:
+            if self.pool is None:  # spawn: a fresh interpreter, not a fork of a driver that runs Ray's threads
+                self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_yield_cpu)
+            pool = self.pool
         try:
-            return self.pool.submit(draw_cell, workdir, sweep, backbone, task, method, out).result()
+            return Drawing(pool.submit(draw_cell, workdir, sweep, backbone, task, method, out), pool, out)
         except BrokenProcessPool:
-            self.pool = None  # the next cell starts a new one
+            self._lost(pool)
             raise
 
+    def wait(self, drawing: Drawing) -> list[Path]:
+        try:
+            return drawing.future.result()
+        except BrokenProcessPool:
+            self._lost(drawing.pool)
+            raise
+
+    def draw(self, workdir: Path, sweep: str, backbone: str, task: str, method: str, out: Path) -> list[Path]:
+        return self.wait(self.start(workdir, sweep, backbone, task, method, out))
+
+    def _lost(self, pool: ProcessPoolExecutor) -> None:
+        with self.lock:
+            if self.pool is pool:
+                self.pool = None  # the next drawing starts a new process
+
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-            self.pool = None
+        with self.lock:
+            pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.shutdown()

@@ -169,6 +169,8 @@ class Driver:
         now = datetime.now(UTC)
         self.starts.setdefault(trial.trial_id, now)
         self.recorder.trial_started(spec, now)
+        if spec.phase == planning.FINAL and spec.index == 0:  # the cell's search has ended
+            self.track.draw_soon(spec.cell)
         self.hooks.on_trial_start(spec)
 
     def result(self, trial: Any, result: dict[str, Any]) -> None:
@@ -266,6 +268,9 @@ class Driver:
             self.recorder.trial_tracked(outcome.spec, run_id)
 
     def log_cell(self, result: CellResult) -> None:
+        if not self.track.pictures_ready(result.cell):  # the trials' runs are logged while they are drawn
+            self.later.again(lambda: self.log_cell(result))
+            return
         run_id = self.track.cell(result)
         if run_id:
             self.recorder.result_tracked(result.cell, run_id)

@@ -72,11 +72,12 @@ class SweepSearcher(Searcher):
         self._asked: dict[tuple[str, int], optuna.Trial] = {}   # (cell key, search index) -> its asked trial
         self._stored: studies.Studies | None = None  # the studies in Optuna's storage (mirrors of ``state``)
         self._synced: set[str] = set()               # cells whose stored study was checked against ``state``
+        self._open: list[CellPlan] | None = None     # the cells that may still issue a trial (see _open_cells)
 
     # Live Optuna objects never go into Tune's pickles; they are rebuilt from ``state``.
     def __getstate__(self) -> dict[str, Any]:
         data = dict(self.__dict__)
-        data["_plans"], data["_studies"], data["_asked"], data["_stored"], data["_synced"] = {}, {}, {}, None, set()
+        data.update(_plans={}, _studies={}, _asked={}, _stored=None, _synced=set(), _open=None)
         return data
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
@@ -95,14 +96,15 @@ class SweepSearcher(Searcher):
                 return self._issue(trial_id, spec)
 
     def _next(self) -> TrialSpec | str | None:
-        for cp in self.plan.cells:  # a cell's final runs first: they are its critical path
+        open_cells = self._open_cells()
+        for cp in open_cells:  # a cell's final runs first: they are its critical path
             spec = self._next_final(cp)
             if spec is not None:
                 return spec
-        for cp in self.plan.cells:  # then search trials, costliest cells first
+        for cp in open_cells:  # then search trials, costliest cells first
             if len(self._cell(cp).search) < cp.n_search:
                 return self._next_search(cp)
-        if all(self._cell(cp).failed or len(self._cell(cp).finals) == len(cp.seeds) for cp in self.plan.cells):
+        if not self._open_cells():  # every cell failed (perhaps just now, in _next_final) or issued its finals
             # Only once nothing runs: Tune keeps FINISHED in its checkpoint and asks no more, even for a
             # trial lost in a driver kill that a restore must re-issue (reconcile).
             if not any(e.status == RUNNING for st in self.state.cells.values() for e in st.finals):
@@ -177,7 +179,7 @@ class SweepSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
             self.state = SearcherState.from_json(json.load(f))
-        self._studies, self._asked, self._synced = {}, {}, set()
+        self._studies, self._asked, self._synced, self._open = {}, {}, set(), None
         self._retry_errored()
 
     def _retry_errored(self) -> None:
@@ -208,6 +210,16 @@ class SweepSearcher(Searcher):
         return self._store().study(cp)
 
     # ---- internals ---------------------------------------------------------------------------------
+
+    def _open_cells(self) -> list[CellPlan]:
+        """The cells that may still issue a trial, in the plan's order (costliest first). A cell closes once it
+        failed or issued all its final runs; ``suggest`` then no longer looks at it (the whole sweep has 342
+        cells, and Tune asks on every free slot). A restore reopens failed cells: the list is rebuilt then."""
+        if self._open is None:
+            self._open = list(self.plan.cells)
+        self._open = [cp for cp in self._open
+                      if not (self._cell(cp).failed or len(self._cell(cp).finals) >= len(cp.seeds))]
+        return self._open
 
     def _cell(self, cp: CellPlan) -> CellState:
         return self.state.cells[cp.cell.key]

@@ -18,6 +18,7 @@ import functools
 import logging
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from mlflow import MlflowClient
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -139,6 +142,39 @@ def first_use(store: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+_UNSYNCED: set[str] = set()  # SQLite MLflow stores whose connections in this process commit without an fsync
+
+
+def unsynced(store: Path) -> None:
+    """The SQLite MLflow store ``store`` in WAL mode, and this process's connections to it at ``synchronous =
+    NORMAL``: a commit appends to the WAL and does not wait for the disk (alore's own database is opened the
+    same way, :mod:`alorectl.db.session`).
+
+    MLflow opens SQLite in its default rollback-journal mode with ``synchronous = FULL``: each commit syncs the
+    journal and the database file, and a trial's run is four commits. While 64 trials write their checkpoints
+    the disk is slow, and the driver's MLflow thread fell behind the trials by up to 80 s in the paper's whole
+    sweep (``alorectl bench scale``). With WAL a committed run survives a killed driver; an OS crash can lose
+    the last commits, and MLflow mirrors the database: ``sweep resume`` logs what it is missing. WAL also lets
+    the MLflow UI read while the driver writes. MLflow offers no setting for either, so the connection
+    pragma is set by SQLAlchemy's public ``connect`` event, for this file only. An existing store that another
+    process holds open stays in the mode it has (converting needs it alone)."""
+    path = str(store.resolve())
+    if not _UNSYNCED:
+        event.listen(Engine, "connect", _unsynced_connection)
+    _UNSYNCED.add(path)
+    if not store.exists():
+        os.close(os.open(store, os.O_WRONLY | os.O_CREAT, 0o600))
+    with contextlib.suppress(sqlite3.OperationalError), contextlib.closing(sqlite3.connect(path, timeout=1)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+
+
+def _unsynced_connection(connection: Any, record: Any) -> None:
+    if isinstance(connection, sqlite3.Connection):
+        main = next((row[2] for row in connection.execute("PRAGMA database_list") if row[1] == "main"), None)
+        if main in _UNSYNCED:
+            connection.execute("PRAGMA synchronous = NORMAL")
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None) -> None:
         uri, credentials = split_credentials(tracking_uri)
@@ -154,6 +190,8 @@ class Tracker:
         if self._client is None:
             store = sqlite_file(self._uri)
             with first_use(store) if store is not None else contextlib.nullcontext():
+                if store is not None:
+                    unsynced(store)
                 self._client = MlflowClient(self._uri)
         return self._client
 

@@ -23,6 +23,7 @@ Layout (same metric names at every level: ``val_acc``, ``test_acc``, ``params_m`
 from __future__ import annotations
 
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -39,6 +40,7 @@ from .client import Tracker, TrackingUnavailable
 from .links import VIEW_ID, experiment_fragment
 
 RETRY_AFTER_S = 60.0  # after a failure, calls are skipped (left pending) for this long
+AGAIN_S = 0.1         # how long a job that waits (Background.again) lets an otherwise idle thread sleep
 
 
 def experiment_name(sweep: str) -> str:
@@ -91,6 +93,13 @@ class Background:
     def put(self, job: Callable[[], Any]) -> None:
         self.jobs.put(job)
 
+    def again(self, job: Callable[[], Any]) -> None:
+        """Put ``job`` back behind what is queued (called by a job that waits for something); with nothing
+        else queued, after a short wait, so that the thread does not spin."""
+        if self.jobs.empty():
+            time.sleep(AGAIN_S)
+        self.jobs.put(job)
+
     def drain(self) -> None:
         """Wait for every queued call; re-raise the first bug one of them hit."""
         self.jobs.join()
@@ -109,6 +118,8 @@ class Track:
         self.marks = {SIMULATED_TAG: "1"} if simulated else {}
         self.workdir = workdir  # where the sweep's Optuna studies are (pictures of each cell's search)
         self.drawer: Any = None  # draws them in a process of its own (results.pictures.Drawer), once needed
+        self.drawer_lock = threading.Lock()
+        self.drawings: dict[Cell, Any] = {}  # cells whose pictures are being drawn (draw_soon)
         self.several_backbones = len({cp.cell.backbone for cp in plan.cells}) > 1
         self.down_until = 0.0
         self._experiment: str | None = None
@@ -229,29 +240,69 @@ class Track:
         self.tracker.complete(parent)
         return parent
 
+    def draw_soon(self, cell: Cell) -> None:
+        """Start drawing the pictures of ``cell``'s search, which has just ended (its first final run started;
+        called from Tune's loop): drawn while the final runs train, they are ready when the cell's result is
+        logged (:meth:`_pictures`). Never raises: a drawing not started here is drawn then."""
+        if self.workdir is None or cell in self.drawings:
+            return
+        try:
+            out = Path(tempfile.mkdtemp(prefix="alore-search-"))
+        except OSError:
+            return
+        try:
+            self.drawings[cell] = self._drawer().start(self.workdir, self.plan.name, cell.backbone, cell.task,
+                                                       cell.method, out)
+        except Exception:  # the drawing process could not take it
+            shutil.rmtree(out, ignore_errors=True)
+
+    def pictures_ready(self, cell: Cell) -> bool:
+        """False while ``cell``'s pictures, started by :meth:`draw_soon`, are still being drawn."""
+        drawing = self.drawings.get(cell)
+        return drawing is None or drawing.future.done()
+
+    def _drawer(self) -> Any:
+        with self.drawer_lock:
+            if self.drawer is None:
+                from alorectl.results.pictures import Drawer
+
+                self.drawer = Drawer()
+            return self.drawer
+
     def _pictures(self, run_id: str, cell: Cell) -> None:
         """Parameter importance and parallel coordinates of the cell's search (its Optuna study) under ``search/``;
         a cell with fewer than 3 complete search trials has none. Drawing never fails the sweep: a warning."""
         if self.workdir is None:
             return
-        if self.drawer is None:
-            from alorectl.results.pictures import Drawer
+        from concurrent.futures.process import BrokenProcessPool
 
-            self.drawer = Drawer()
-        with tempfile.TemporaryDirectory(prefix="alore-search-") as tmp:
+        early = self.drawings.pop(cell, None)
+        out = early.out if early is not None else Path(tempfile.mkdtemp(prefix="alore-search-"))
+        draw = lambda: self._drawer().draw(self.workdir, self.plan.name, cell.backbone, cell.task,  # noqa: E731
+                                           cell.method, out)
+        try:
             try:
-                files = self.drawer.draw(self.workdir, self.plan.name, cell.backbone, cell.task, cell.method,
-                                         Path(tmp))
+                try:
+                    files = self._drawer().wait(early) if early is not None else draw()
+                except BrokenProcessPool:
+                    if early is None:
+                        raise
+                    files = draw()  # started before the drawing process was lost: once more, in a new one
             except Exception as err:  # a study or a picture that could not be drawn
                 self.warn(f"pictures of {cell.key}'s search not drawn ({type(err).__name__}: {err})")
                 return
             if files:
-                self.tracker.artifacts(run_id, Path(tmp), "search")
+                self.tracker.artifacts(run_id, out, "search")
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
     def close(self) -> None:
-        """Stop the drawing process, if one was started."""
+        """Stop the drawing process, if one was started; drop drawings nobody waited for (cells that failed)."""
         if self.drawer is not None:
             self.drawer.close()
+        for drawing in self.drawings.values():
+            shutil.rmtree(drawing.out, ignore_errors=True)
+        self.drawings.clear()
 
     def _leaderboard(self, engine: Any, backbone: str, suite: str) -> bool:
         """One run per method, updated in place as results arrive: the runs table is the paper's table 2
