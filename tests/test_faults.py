@@ -224,7 +224,7 @@ def test_the_embedded_mlflow_store_commits_without_waiting_for_the_disk(tmp_path
     from alorectl.tracking.client import Tracker
 
     store = tmp_path / "mlflow.db"
-    tracker = Tracker(f"sqlite:///{store}")
+    tracker = Tracker(f"sqlite:///{store}", unsynced_store=True)  # as the driver opens it
     run = tracker.create_run(tracker.experiment("alore/t"), "k", "search 0", {"sweep": "t"})
     tracker.complete(run)
     with sqlite3.connect(store) as conn:
@@ -236,6 +236,38 @@ def test_the_embedded_mlflow_store_commits_without_waiting_for_the_disk(tmp_path
         with engine.connect() as conn:
             assert conn.execute(text("PRAGMA synchronous")).scalar() == synchronous, path
         engine.dispose()
+
+
+def test_a_trial_run_is_complete_in_the_same_call_as_the_last_of_what_it_holds(tmp_path) -> None:
+    """A trial's run is ended first, and the ``alore.complete`` tag goes into the last ``log_batch``: nothing is
+    written to the run after the tag (a run without it is redone), also when its metrics need several calls."""
+    from mlflow import MlflowClient
+
+    from alorectl.tracking.client import COMPLETE, Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, tmp_path / "artifacts")
+    experiment = tracker.experiment("alore/t")
+    calls: list[dict] = []
+    log_batch = tracker.client.log_batch
+
+    def recording(run_id, metrics=(), params=(), tags=(), **kw):
+        calls.append({"metrics": len(metrics), "tags": [t.key for t in tags]})
+        return log_batch(run_id, metrics=metrics, params=params, tags=tags, **kw)
+
+    tracker.client.log_batch = recording
+    for epochs in (10, 400):  # 400 epochs x 3 metrics: more than one batch
+        calls.clear()
+        run = tracker.create_run(experiment, f"k{epochs}", "search 0", {"sweep": "t"})
+        history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 50.0, "val_acc": 40.0} for e in range(1, epochs + 1)]
+        tracker.log(run, params={"lr": 0.01}, history=history, fresh=True, complete="FINISHED", end_time=1234)
+        got = MlflowClient(uri).get_run(run)
+        assert got.info.status == "FINISHED" and got.info.end_time == 1234
+        assert got.data.tags[COMPLETE] == "1"
+        assert [i for i, c in enumerate(calls) if COMPLETE in c["tags"]] == [len(calls) - 1], calls
+        assert sum(c["metrics"] for c in calls) == 3 * epochs
+        assert len(MlflowClient(uri).get_metric_history(run, "train_loss")) == epochs
+    assert len(calls) > 1
 
 
 @pytest.mark.slow

@@ -402,7 +402,8 @@ def _run_locked(preset: Preset, settings: Settings, hooks: Hooks, plan: planning
     sweep_config.pop(PREPARING)
     db.upsert_sweep(engine, settings.name, config={**sweep_config, "slots": slots})
     recorder = Recorder(engine, sweep_id, plan)
-    track = Track(Tracker(settings.tracking_uri, settings.workdir / "mlartifacts"), plan, hooks.on_warning,
+    track = Track(Tracker(settings.tracking_uri, settings.workdir / "mlartifacts", unsynced_store=True), plan,
+                  hooks.on_warning,
                   simulated=simulated, workdir=settings.workdir)
     driver = Driver(plan, settings, recorder, track, engine, hooks)
     try:

@@ -176,11 +176,13 @@ def _unsynced_connection(connection: Any, record: Any) -> None:
 
 
 class Tracker:
-    def __init__(self, tracking_uri: str, artifact_root: Path | None = None) -> None:
+    def __init__(self, tracking_uri: str, artifact_root: Path | None = None, unsynced_store: bool = False) -> None:
+        """``unsynced_store``: the sweep's driver, which writes thousands of runs, opens an SQLite store with
+        :func:`unsynced`; every other command leaves the store's file as it finds it."""
         uri, credentials = split_credentials(tracking_uri)
         configure(credentials)
         self._uri, self._client = uri, None
-        self.artifact_root = artifact_root
+        self.artifact_root, self.unsynced_store = artifact_root, unsynced_store
 
     @property
     def client(self) -> MlflowClient:
@@ -190,7 +192,7 @@ class Tracker:
         if self._client is None:
             store = sqlite_file(self._uri)
             with first_use(store) if store is not None else contextlib.nullcontext():
-                if store is not None:
+                if store is not None and self.unsynced_store:
                     unsynced(store)
                 self._client = MlflowClient(self._uri)
         return self._client
@@ -281,10 +283,13 @@ class Tracker:
     @guarded
     def log(self, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
             history: list[dict[str, Any]] | None = None, tags: dict[str, str] | None = None, step: int = 0,
-            fresh: bool = False) -> None:
+            fresh: bool = False, complete: str | None = None, end_time: int | None = None) -> None:
         """Params, metrics (a summary at ``step`` and the per-epoch ``history``) and tags, in as few calls as
         MLflow's batch limits allow (each call is a transaction of the store). ``fresh``: a run just created,
-        so no parameter can be logged already (MLflow refuses to change one) and none is looked up."""
+        so no parameter can be logged already (MLflow refuses to change one) and none is looked up.
+        ``complete``: the run's final status; the run is ended first and :data:`COMPLETE` goes into the last
+        batch, so the run is complete in the same transaction as the last of what it holds (what
+        :meth:`complete` does in two more)."""
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if _finite(v)]
         for row in history or []:
@@ -296,7 +301,15 @@ class Tracker:
         existing = set(self.client.get_run(run_id).data.params) if params and not fresh else set()
         plist = [Param(k, v) for k, v in flatten(params or {}).items() if k not in existing]
         tlist = [RunTag(k, v) for k, v in (tags or {}).items()]
-        for p, m, t in batches(plist, batch, tlist):
+        calls = batches(plist, batch, tlist)
+        if complete is not None:
+            self.client.set_terminated(run_id, status=complete, end_time=end_time)
+            p, m, t = calls[-1] if calls else ([], [], [])
+            if calls and len(t) < BATCH_TAGS and len(p) + len(m) + len(t) < BATCH_ENTITIES:
+                calls[-1] = (p, m, [*t, RunTag(COMPLETE, "1")])
+            else:
+                calls.append(([], [], [RunTag(COMPLETE, "1")]))
+        for p, m, t in calls:
             self.client.log_batch(run_id, metrics=m, params=p, tags=t)
 
     @guarded

@@ -217,9 +217,9 @@ class Track:
         self.tracker.log(run, params={**spec.params, "seed": spec.seed, "protocol": spec.phase,
                                       "epochs": spec.run.epochs, "weights": spec.run.weights or "random"},
                          metrics=metrics, history=history, step=int(m.get("epoch", 0)), fresh=True,
-                         tags={"error": outcome.error[:500]} if outcome.error else None)
-        self.tracker.complete(run, "FAILED" if outcome.status == "failed" else "FINISHED",
-                              end_time=_ms(outcome.finished_at))
+                         tags={"error": outcome.error[:500]} if outcome.error else None,
+                         complete="FAILED" if outcome.status == "failed" else "FINISHED",
+                         end_time=_ms(outcome.finished_at))
         self._runs()[key] = (run, True)
         return run
 
