@@ -81,16 +81,13 @@ def draw_cell(workdir: Path, sweep: str, backbone: str, task: str, method: str, 
     return draw(studies.load(storage, sweep, backbone, task, method), out)
 
 
-NICENESS = 19  # the drawing process's where Linux's idle scheduling class is not offered
+NICENESS = 10  # the drawing process's: pictures wait while the driver and the trials need the CPU
 
 
 def _yield_cpu() -> None:
-    """Pictures wait while the driver and the trials need the CPU: Linux's ``SCHED_IDLE`` runs the process only
-    on a core nothing else wants (a niced process still takes a share of a busy core)."""
-    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    else:
-        os.nice(NICENESS)
+    """A lower priority, not Linux's idle class: a sweep whose trials train on every CPU core (a laptop's) would
+    leave an idle-class process no time at all, and its cells' results would reach MLflow only at the end."""
+    os.nice(NICENESS)
 
 
 @dataclasses.dataclass
@@ -110,8 +107,8 @@ class Drawer:
 
     The sweep starts a cell's drawing as soon as its search ends (:meth:`start`, from Tune's loop), and logs
     the cell's result once the drawing is done (the trials' runs are logged meanwhile). The
-    process runs only on an otherwise idle core (:func:`_yield_cpu`): where the driver and the trials need
-    every core (the ViT-B phase of the whole sweep on 2 cores), the pictures wait, not the GPUs."""
+    process runs at a lower priority (:func:`_yield_cpu`): where the driver and the trials need every core,
+    they come first."""
 
     def __init__(self) -> None:
         self.pool: ProcessPoolExecutor | None = None
