@@ -3,6 +3,7 @@ it, no repeated configuration, finals as soon as a cell's search ends, restore, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,20 +11,46 @@ from ray.tune.search import Searcher
 from typer.testing import CliRunner
 
 from alorectl.sweep import plan as planning
+from alorectl.sweep import preset as presets
 from alorectl.cli import app
 from alorectl.sweep.searcher import SweepSearcher
 
-from plans import drain, make_plan
+from plans import COSTS, drain, make_plan
 
 
-def test_cells_costliest_first_with_each_methods_own_space() -> None:
+def test_cells_have_each_methods_own_space() -> None:
     plan = make_plan(backbones=["vit_b", "vit_h", "vit_l"], tasks=["digits"], methods=["ssf", "alore", "repadapter"])
-    assert [cp.cell.backbone for cp in plan.cells][:3] == ["vit_h"] * 3
-    assert [cp.cell.backbone for cp in plan.cells][-3:] == ["vit_b"] * 3
     spaces = {cp.cell.method: cp.space for cp in plan.cells if cp.cell.backbone == "vit_b"}
     assert "dropout" not in spaces["ssf"], "SSF has no dropout: searching it wastes trials"
     assert "dropout" in spaces["alore"] and "scale" in spaces["repadapter"]
     assert plan.total_trials == sum(cp.n_search + 1 for cp in plan.cells)
+
+
+def test_backbones_advance_together_and_the_last_share_goes_costliest_first() -> None:
+    """The issue order (plan.issue_order): not every cheap cell at the end, where each slot would ask the driver
+    for a trial every cheap trial; but no costly cell as the long tail either."""
+    p = dataclasses.replace(presets.load("vtab"), backbones=["vit_b", "vit_h", "vit_l"])
+    plan = planning.build(p, "t", "/data", {}, cost=COSTS.__getitem__)
+    order = [cp.cell.backbone for cp in plan.cells]
+    assert len(order) == 342 and order[:6] == ["vit_h", "vit_l", "vit_b"] * 2
+    work = {b: sum(cp.cost * cp.n_trials for cp in plan.cells if cp.cell.backbone == b) for b in COSTS}
+    total = sum(work.values())
+    done = dict.fromkeys(work, 0.0)
+    issued, body = 0.0, 0
+    for i, cp in enumerate(plan.cells):
+        if issued >= (1 - planning.TAIL_SHARE) * total:
+            break
+        body = i + 1
+        done[cp.cell.backbone] += cp.cost * cp.n_trials
+        issued += cp.cost * cp.n_trials
+        shares = [done[b] / work[b] for b in ("vit_b", "vit_l", "vit_h")]  # each within one cell of its share
+        assert max(shares) - min(shares) <= 1 / 114 + 1e-9, (i, shares)
+    tail = plan.cells[body:]
+    assert 20 <= len(tail) <= 40 and order[-1] == "vit_b"
+    assert [cp.cost for cp in tail] == sorted((cp.cost for cp in tail), reverse=True), "the tail: costliest first"
+    one = make_plan(tasks=["digits", "digits_rot"], methods=["ssf", "alore", "lora"])
+    assert [(cp.cell.task, cp.cell.method) for cp in one.cells] == [
+        (t, m) for t in ("digits", "digits_rot") for m in ("ssf", "alore", "lora")], "one backbone: the preset's order"
 
 
 def test_budget_covering_the_grid_is_the_exhaustive_grid() -> None:

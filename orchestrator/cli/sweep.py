@@ -255,7 +255,7 @@ def show_plan(p: presets.Preset, settings: driver.Settings, gpus: int) -> None:
     work = sum(cp.n_trials * cp.cost for cp in plan.cells)
     console.print(f"{len(plan.cells)} cells, {plan.total_trials} trials, {work:.0f} ViT-B trial-equivalents of work; "
                   f"on {gpus} trial slot(s) the estimated makespan is {span:.0f} ViT-B trials "
-                  f"(cells in flight at once, costliest first; occupancy {work / (gpus * span):.0%})", highlight=False)
+                  f"(cells in flight at once, in the plan's order; occupancy {work / (gpus * span):.0%})", highlight=False)
 
 
 def execute(p: presets.Preset, settings: driver.Settings, resume: bool, force_new: bool = False) -> None:

@@ -2,8 +2,8 @@
 
 The experiment lives in ``<workdir>/ray/<sweep>``; a trial's folder is named by
 its spec (``<backbone>__<task>__<method>__search-03``). The searcher
-(:mod:`alorectl.sweep.searcher`) hands out search trials of every cell, costliest
-first, and a cell's final trials as soon as its search ends; Ray places them on
+(:mod:`alorectl.sweep.searcher`) hands out search trials of every cell in the plan's
+order, and a cell's final trials as soon as its search ends; Ray places them on
 whatever slot is free. ``ConcurrencyLimiter`` is the one bound on trials in
 flight (``--max-concurrent-trials``; by default the cluster's slots), which is
 also what lets Tune keep that many trials pending for a custom searcher.

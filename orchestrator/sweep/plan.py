@@ -6,7 +6,9 @@ the configuration with the best val200 accuracy on the ``final`` protocol
 (train800val200 → test), once per seed. The plan fixes, per cell, the search
 space (only the hyper-parameters the method uses), how many search trials it
 gets (the exhaustive grid when the budget covers it), its seeds and its relative
-cost; cells are ordered costliest first so that no ViT-H cell is the long tail.
+cost, and the order in which cells are issued (:func:`issue_order`): the
+backbones advance together, and the last share of the work goes costliest
+first so that no ViT-H cell is the long tail.
 
 A :class:`TrialSpec` is everything one trial needs. It crosses the layers as a
 typed record and reaches the trial through Tune's config by :meth:`to_config` /
@@ -128,7 +130,7 @@ class SweepPlan:
     name: str
     algorithm: str
     scheduler: str
-    cells: tuple[CellPlan, ...]     # costliest first
+    cells: tuple[CellPlan, ...]     # in the order they are issued (see issue_order)
 
     @property
     def total_trials(self) -> int:
@@ -185,14 +187,43 @@ def build(preset: presets.Preset, name: str, data_root: Path | str, weights: dic
                           batch_size=preset.batch_size)
         planned.append(CellPlan(c, space, grid if exhaustive else preset.trials, exhaustive, tuple(preset.seeds),
                                 run, costs[c.backbone]))
-    # Costliest first; the preset's order among equals (sorted() is stable).
-    planned = sorted(planned, key=lambda p: -p.cost)
-    return SweepPlan(name, preset.algorithm, preset.scheduler, tuple(planned))
+    return SweepPlan(name, preset.algorithm, preset.scheduler, tuple(issue_order(planned)))
+
+
+TAIL_SHARE = 0.08  # the last share of a sweep's work, issued costliest first
+
+
+def issue_order(cells: list[CellPlan]) -> list[CellPlan]:
+    """The order in which the searcher issues cells: each cost class (a backbone) advances by its share of the
+    work, and the last :data:`TAIL_SHARE` of the work goes costliest first.
+
+    Why not costliest first throughout (the classic rule for a short tail): the cheap cells would all come
+    last, and a slot asks the driver for a new trial once per trial. In the paper's sweep (vit_b,vit_l,vit_h)
+    on 64 slots the ViT-B third (1,938 trials) would end the sweep at 32 trial starts per second in its
+    busiest 10 s, against 6-7 in the median 10 s, and each start costs the driver the searcher, a database row
+    and an MLflow run. Issued in step, the busiest 10 s hold 16 starts per second and the estimated makespan
+    is within 0.3% of costliest-first (``estimate_makespan``); every backbone also has results early. The
+    preset's order is kept among cells of one cost (a single-backbone sweep keeps it entirely)."""
+    groups: dict[float, list[CellPlan]] = {}
+    for cp in sorted(cells, key=lambda p: -p.cost):  # costliest first; the preset's order among equals (stable)
+        groups.setdefault(cp.cost, []).append(cp)
+    share = {cost: sum(cp.cost * cp.n_trials for cp in group) for cost, group in groups.items()}
+    issued = dict.fromkeys(groups, 0.0)
+    left = sum(share.values())
+    tail = TAIL_SHARE * left
+    order: list[CellPlan] = []
+    while left > tail and any(groups.values()):
+        cost = min((c for c, g in groups.items() if g), key=lambda c: (issued[c] / share[c], -c))
+        cp = groups[cost].pop(0)
+        order.append(cp)
+        issued[cost] += cp.cost * cp.n_trials
+        left -= cp.cost * cp.n_trials
+    return order + sorted((cp for g in groups.values() for cp in g), key=lambda p: -p.cost)
 
 
 def estimate_makespan(plan: SweepPlan, slots: int) -> float:
-    """Makespan in ViT-B trial units on ``slots`` trial slots, as the run layer schedules:
-    costliest cells first, a cell's final runs as soon as its search ends (list scheduling)."""
+    """Makespan in ViT-B trial units on ``slots`` trial slots, as the run layer schedules: cells in the plan's
+    order, a cell's final runs as soon as its search ends (list scheduling)."""
     if slots < 1:
         raise ValueError("slots must be >= 1")
     free = [0.0] * slots                      # when each slot is free again

@@ -101,7 +101,7 @@ class SweepSearcher(Searcher):
             spec = self._next_final(cp)
             if spec is not None:
                 return spec
-        for cp in open_cells:  # then search trials, costliest cells first
+        for cp in open_cells:  # then search trials, in the plan's order
             if len(self._cell(cp).search) < cp.n_search:
                 return self._next_search(cp)
         if not self._open_cells():  # every cell failed (perhaps just now, in _next_final) or issued its finals
@@ -212,7 +212,7 @@ class SweepSearcher(Searcher):
     # ---- internals ---------------------------------------------------------------------------------
 
     def _open_cells(self) -> list[CellPlan]:
-        """The cells that may still issue a trial, in the plan's order (costliest first). A cell closes once it
+        """The cells that may still issue a trial, in the plan's order (plan.issue_order). A cell closes once it
         failed or issued all its final runs; ``suggest`` then no longer looks at it (the whole sweep has 342
         cells, and Tune asks on every free slot). A restore reopens failed cells: the list is rebuilt then."""
         if self._open is None:
