@@ -7,8 +7,9 @@ the configuration with the best val200 accuracy on the ``final`` protocol
 space (only the hyper-parameters the method uses), how many search trials it
 gets (the exhaustive grid when the budget covers it), its seeds and its relative
 cost, and the order in which cells are issued (:func:`issue_order`): the
-backbones advance together, and the last share of the work goes costliest
-first so that no ViT-H cell is the long tail.
+backbones advance together between a head and a tail that go costliest
+first, so that every worker starts on a long trial and no ViT-H cell is the
+long tail.
 
 A :class:`TrialSpec` is everything one trial needs. It crosses the layers as a
 typed record and reaches the trial through Tune's config by :meth:`to_config` /
@@ -190,34 +191,44 @@ def build(preset: presets.Preset, name: str, data_root: Path | str, weights: dic
     return SweepPlan(name, preset.algorithm, preset.scheduler, tuple(issue_order(planned)))
 
 
-TAIL_SHARE = 0.08  # the last share of a sweep's work, issued costliest first
+HEAD_SHARE = 0.08  # the first share of a sweep's work, issued costliest first
+TAIL_SHARE = 0.08  # the last share, issued costliest first
 
 
 def issue_order(cells: list[CellPlan]) -> list[CellPlan]:
-    """The order in which the searcher issues cells: each cost class (a backbone) advances by its share of the
-    work, and the last :data:`TAIL_SHARE` of the work goes costliest first.
+    """The order in which the searcher issues cells: the first :data:`HEAD_SHARE` of the work costliest first,
+    then each cost class (a backbone) advancing by its share of what is left, and the last :data:`TAIL_SHARE`
+    costliest first again.
 
     Why not costliest first throughout (the classic rule for a short tail): the cheap cells would all come
     last, and a slot asks the driver for a new trial once per trial. In the paper's sweep (vit_b,vit_l,vit_h)
     on 64 slots the ViT-B third (1,938 trials) would end the sweep at 32 trial starts per second in its
     busiest 10 s, against 6-7 in the median 10 s, and each start costs the driver the searcher, a database row
     and an MLflow run. Issued in step, the busiest 10 s hold 16 starts per second and the estimated makespan
-    is within 0.3% of costliest-first (``estimate_makespan``); every backbone also has results early. The
-    preset's order is kept among cells of one cost (a single-backbone sweep keeps it entirely)."""
+    is the same (``estimate_makespan``: 853 s for 2-s ViT-B trials); every backbone also has results early.
+
+    Why a costliest head: every slot's worker process starts while long trials run. Ray Tune hands the worker
+    of an ended trial to a pending trial whose own worker is still starting, and cancels that start; with
+    short trials from the first minute the starts kept being cancelled (a whole-sweep bench: 41 of 64 slots
+    training, for minutes). The preset's order is kept among cells of one cost (a single-backbone sweep keeps
+    it entirely)."""
+    rest = sorted(cells, key=lambda p: -p.cost)  # costliest first; the preset's order among equals (stable)
+    whole = sum(cp.cost * cp.n_trials for cp in rest)
+    order: list[CellPlan] = []
+    issued = 0.0
+    while rest and issued < HEAD_SHARE * whole:
+        order.append(rest.pop(0))
+        issued += order[-1].cost * order[-1].n_trials
     groups: dict[float, list[CellPlan]] = {}
-    for cp in sorted(cells, key=lambda p: -p.cost):  # costliest first; the preset's order among equals (stable)
+    for cp in rest:
         groups.setdefault(cp.cost, []).append(cp)
     share = {cost: sum(cp.cost * cp.n_trials for cp in group) for cost, group in groups.items()}
-    issued = dict.fromkeys(groups, 0.0)
-    left = sum(share.values())
-    tail = TAIL_SHARE * left
-    order: list[CellPlan] = []
-    while left > tail and any(groups.values()):
-        cost = min((c for c, g in groups.items() if g), key=lambda c: (issued[c] / share[c], -c))
-        cp = groups[cost].pop(0)
-        order.append(cp)
-        issued[cost] += cp.cost * cp.n_trials
-        left -= cp.cost * cp.n_trials
+    done = dict.fromkeys(groups, 0.0)
+    while whole - issued > TAIL_SHARE * whole and any(groups.values()):
+        cost = min((c for c, g in groups.items() if g), key=lambda c: (done[c] / share[c], -c))
+        order.append(groups[cost].pop(0))
+        done[cost] += order[-1].cost * order[-1].n_trials
+        issued += order[-1].cost * order[-1].n_trials
     return order + sorted((cp for g in groups.values() for cp in g), key=lambda p: -p.cost)
 
 
