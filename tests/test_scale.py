@@ -95,6 +95,21 @@ def test_concurrency_counts_trials_training_at_once_and_their_processes() -> Non
                                     "trial_processes": 2}
 
 
+def test_restore_time_counts_the_interrupted_trials_resuming_not_any_epoch_after_the_kill() -> None:
+    from alorectl.bench.scale import _resumed
+
+    def epoch(attempt: str, n: int, start: float) -> dict:
+        return {"attempt": attempt, "epoch": n, "start": start, "end": start + 1}
+
+    ledger = {  # killed at t=10
+        "a": [epoch("1-1", 1, 8), epoch("1-1", 2, 9), epoch("5-1", 2, 25), epoch("5-1", 3, 26)],  # resumed at 25
+        "b": [epoch("2-1", 1, 10.2)],      # its first run, started by the killed driver's actor as Ray stopped it
+        "c": [epoch("3-1", 1, 9), epoch("3-1", 2, 10.1)],                # went on through the kill (another node)
+        "d": [epoch("4-1", 1, 2), epoch("4-1", 2, 3), epoch("6-1", 1, 4)],  # restarted before the kill
+    }
+    assert _resumed(ledger, 10.0) == [25]
+
+
 def test_simulated_trial_module_does_not_import_torch() -> None:
     code = ("import sys, alorectl.bench.simulated, alorectl.sweep.cadence; "
             "bad = [m for m in ('torch', 'alore.train', 'alorectl.sweep.plan', 'timm') if m in sys.modules]; "

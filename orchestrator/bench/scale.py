@@ -17,7 +17,8 @@ until the driver exited, every cell's result logged), the plan's own
 estimate for these slots (``ideal_makespan_s``), occupancy (Σ busy epoch time of distinct epochs / (slots ×
 makespan)), results/s, lag (a trial's last epoch → its row and MLflow run complete; the database is polled
 every :data:`POLL_S`), the driver's CPU time and peak RSS (``wait4`` of its process), the size of Tune's
-experiment state, and the time of ``sweep status`` and ``leaderboard`` at the end.
+experiment state, and the time of ``sweep status`` and ``leaderboard`` at the end. With a kill: ``restore_s``
+(the kill → the first interrupted trial trains again) and ``lost_trial_s`` (epochs that ran twice).
 """
 
 from __future__ import annotations
@@ -425,11 +426,24 @@ def _sweep(plan: planning.SweepPlan, preset_file: Path, table: Path, workdir: Pa
         else 0.0, **_concurrency(epochs)}
     if killed_driver_at is not None or killed_node_at is not None:
         after = killed_driver_at or killed_node_at
-        restarted = [e["start"] for rows in epochs.values() for e in rows if e["start"] > after]
-        out["restore_s"] = (min(restarted) - after) if restarted else None
+        resumed = _resumed(epochs, after)
+        out["restore_s"] = (min(resumed) - after) if resumed else None
         out["lost_trial_s"] = redone
         out["lost_trial_s_per_slot"] = redone / opts.slots
         out["killed"] = "driver" if killed_driver_at is not None else "node"
+    return out
+
+
+def _resumed(epochs: dict[str, list[dict[str, Any]]], after: float) -> list[float]:
+    """When each trial interrupted by a kill at ``after`` trained again: the first epoch of each later attempt
+    (trial body run) that began after the kill. Not any epoch after the kill: an actor of a killed driver may
+    still start one before Ray stops it, and the other nodes' trials go on through a node's kill."""
+    out = []
+    for rows in epochs.values():
+        began: dict[str, float] = {}
+        for e in rows:
+            began[e["attempt"]] = min(began.get(e["attempt"], e["start"]), e["start"])
+        out += [t for t in sorted(began.values())[1:] if t > after]
     return out
 
 
