@@ -95,7 +95,7 @@ def test_a_methods_run_links_the_cell_run_and_weights_behind_each_number(tmp_pat
     client.create_registered_model("alore-demo-cifar")
     version = client.create_model_version("alore-demo-cifar", f"runs:/{cells[('lora', 'cifar')]}/model",
                                           run_id=cells[("lora", "cifar")])
-    tracker = Tracker(uri)
+    tracker = Tracker(uri, artifact_root=tmp_path / "artifacts")
     mlboard.publish(tracker, make_board(run_ids=cells), experiment, "vtab", marks={}, sweep=SWEEP)
     runs = runs_by_method(client, experiment)
     assert len(runs) == len(METHODS), "updated in place"
@@ -115,9 +115,9 @@ def test_a_store_of_the_previous_version_is_renamed_in_place(tmp_path: Path) -> 
     in MLflow's breadcrumb): the next write renames it, keeping its id and its runs."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    old = client.create_experiment(former_leaderboard_name("demo"))
+    old = client.create_experiment(former_leaderboard_name("demo"), artifact_location=(tmp_path / "old").as_uri())
     client.create_run(old, run_name="alore", tags={"alore.key": "demo/alore"})
-    tracker = Tracker(uri)
+    tracker = Tracker(uri, artifact_root=tmp_path / "artifacts")
     assert tracker.experiment(leaderboard_name("demo"), former=former_leaderboard_name("demo")) == old
     assert client.get_experiment(old).name == leaderboard_name("demo")
     assert client.get_experiment_by_name(former_leaderboard_name("demo")) is None

@@ -100,9 +100,10 @@ def make_leaderboard_store(uri: str, backbone: str = "demo") -> str:
     from alorectl.tracking.client import Tracker
     from alorectl.tracking.observer import experiment_name, leaderboard_name
 
+    artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"  # beside the store, not ./mlruns
     client = MlflowClient(uri)
-    client.create_experiment("someone-else")  # not alore's: `alorectl ui` must not list it
-    tracker = Tracker(uri)
+    client.create_experiment("someone-else", artifact_location=(artifacts / "someone-else").as_uri())  # not alore's:
+    tracker = Tracker(uri, artifact_root=artifacts)                             # `alorectl ui` must not list it
     sweep = tracker.experiment(experiment_name(SWEEP))
     run_ids = {}
     for method in METHODS:

@@ -374,16 +374,16 @@ def _sweep(plan: planning.SweepPlan, preset_file: Path, table: Path, workdir: Pa
                     f"driver peak RSS {_peak_rss_mb(drivers[-1].proc.pid):.0f} MB")
         if opts.kill_driver_at is not None and killed_driver_at is None and len(seen) >= opts.kill_driver_at * total:
             on_step(f"SIGKILL the driver's process group ({len(seen)} of {total} trials complete)")
+            killed_driver_at = time.time()  # the SIGKILL, not when the process is reaped
             drivers[-1].kill()
-            killed_driver_at = time.time()
             drivers.append(Driver(["sweep", "resume", opts.name, *common], env, log))
             on_step("resuming: alorectl sweep resume")
             continue
         if opts.kill_node_at is not None and killed_node_at is None and len(seen) >= opts.kill_node_at * total \
                 and len(cluster.nodes) > 1:
             on_step(f"SIGKILL simulated node {cluster.nodes[-1].name} ({len(seen)} of {total} trials complete)")
+            killed_node_at = time.time()  # the first SIGKILL (kill() repeats until none of its processes is left)
             cluster.nodes[-1].kill()
-            killed_node_at = time.time()
         rc = drivers[-1].poll()
         if rc is not None:
             exited = time.time()
