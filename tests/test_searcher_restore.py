@@ -129,21 +129,27 @@ class Controller:
         trial.status = "TERMINATED"
 
 
-def test_the_sweeps_scheduler_chooses_as_fifo_does_without_reading_every_trial_each_step() -> None:
+def test_the_sweeps_scheduler_starts_the_newest_pending_trial_without_reading_every_trial_each_step() -> None:
+    """Newest first: a worker freed by an ended trial goes to the trial issued in its place, not to the oldest
+    pending trial, whose own worker is the furthest into starting and which Tune would cancel (SkipRecorded)."""
     import random
-    from ray.tune.schedulers import FIFOScheduler
 
     from alorectl.sweep.experiment import Asha, Fifo
 
     cp = make_plan(methods=["ssf"], tasks=["digits"], trials=4).cells[0]
     config = planning.TrialSpec(cp.cell, planning.SEARCH, 0, cp.seeds[0], {}, cp.run).to_config()
+
+    def newest_pending_else_first_paused(trials: list) -> FakeTrial | None:
+        pending = [t for t in trials if t.status == "PENDING"]
+        return pending[-1] if pending else next((t for t in trials if t.status == "PAUSED"), None)
+
     rng = random.Random(0)
     waiting_many = 0
     for case in range(300):
         statuses = rng.choices(["PENDING", "PAUSED", "RUNNING", "TERMINATED", "ERROR"],
                                weights=[1, 1, 6, 20, 1], k=rng.randrange(1, 60))
         trials = [FakeTrial(status=s, trial_id=f"{rng.getrandbits(32):08x}", config=config) for s in statuses]
-        want = FIFOScheduler().choose_trial_to_run(Controller(trials))
+        want = newest_pending_else_first_paused(trials)
         for scheduler in (Fifo(), Asha(metric="val_acc", mode="max", max_t=10, grace_period=1)):
             controller = Controller(trials)
             assert scheduler.choose_trial_to_run(controller) is want, (case, statuses)
@@ -153,3 +159,14 @@ def test_the_sweeps_scheduler_chooses_as_fifo_does_without_reading_every_trial_e
             else:
                 waiting_many += 1
     assert waiting_many > 20  # the cases where the experiment's order decides were drawn too
+
+    # Step by step, as in a sweep: each ended trial is replaced by a new one, which is chosen without a read.
+    trials = [FakeTrial(status="PENDING", trial_id=f"t{i}", config=config) for i in range(4)]
+    controller, scheduler = Controller(trials), Fifo()
+    assert scheduler.choose_trial_to_run(controller) is trials[-1]  # the first call: the experiment's order
+    reads = controller.reads
+    for i in range(4, 30):
+        trials[rng.randrange(len(trials))].status = "TERMINATED"
+        trials.append(FakeTrial(status="PENDING", trial_id=f"t{i}", config=config))
+        assert scheduler.choose_trial_to_run(controller) is trials[-1], i
+    assert controller.reads == reads, "one new trial per call: the whole list is not read"
