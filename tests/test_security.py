@@ -172,7 +172,7 @@ def test_ui_keeps_the_store_password_off_every_command_line(scratch_postgres_url
                                                             via: str) -> None:
     password = make_url(scratch_postgres_url).password
     assert password
-    board = make_leaderboard_store(scratch_postgres_url)
+    board = make_leaderboard_store(scratch_postgres_url, artifacts=tmp_path / "artifacts")
     args, env = (["--tracking-uri", scratch_postgres_url], {}) if via == "flag" else (
         [], {"MLFLOW_TRACKING_URI": scratch_postgres_url})
     with running_ui(tmp_path, *args, env=env) as ui:

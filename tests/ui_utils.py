@@ -90,7 +90,7 @@ def make_board(backbone: str = "demo", run_ids: dict[tuple[str, str], str] | Non
     return Leaderboard(backbone, "vtab", TASKS, groups, tuple(rows), dict(LABELS))
 
 
-def make_leaderboard_store(uri: str, backbone: str = "demo") -> str:
+def make_leaderboard_store(uri: str, backbone: str = "demo", artifacts: Path | None = None) -> str:
     """An MLflow store holding the sweep ``alore/<SWEEP>`` (a cell run per method and task) and its leaderboard,
     written by the sweep's own code (:func:`alorectl.tracking.board.publish`), and an unrelated experiment;
     the leaderboard's experiment id."""
@@ -100,7 +100,8 @@ def make_leaderboard_store(uri: str, backbone: str = "demo") -> str:
     from alorectl.tracking.client import Tracker
     from alorectl.tracking.observer import experiment_name, leaderboard_name
 
-    artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"  # beside the store, not ./mlruns
+    if artifacts is None:  # beside an SQLite store; never ./mlruns, MLflow's default
+        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
     client = MlflowClient(uri)
     client.create_experiment("someone-else", artifact_location=(artifacts / "someone-else").as_uri())  # not alore's:
     tracker = Tracker(uri, artifact_root=artifacts)                             # `alorectl ui` must not list it
