@@ -165,6 +165,7 @@ def test_the_sweeps_scheduler_starts_the_newest_pending_trial_without_reading_ev
     controller, scheduler = Controller(trials), Fifo()
     assert scheduler.choose_trial_to_run(controller) is trials[-1]  # the first call: the experiment's order
     reads = controller.reads
+    assert scheduler.choose_trial_to_run(controller) is trials[-1] and controller.reads == reads, "read once"
     for i in range(4, 30):
         trials[rng.randrange(len(trials))].status = "TERMINATED"
         trials.append(FakeTrial(status="PENDING", trial_id=f"t{i}", config=config))

@@ -307,8 +307,11 @@ class SkipRecorded:
             if len(pending) == 1:
                 return pending[0]
             # Seen in the same call (the first, after a restore, two trials issued at once): the experiment's
-            # order, which is the order they were issued in, decides.
-            return [t for t in tune_controller.get_trials() if t in pending][-1]
+            # order, which is the order they were issued in, decides; kept, so that it is read once per batch.
+            issued = [t for t in tune_controller.get_trials() if t in pending]
+            for i, t in enumerate(issued):
+                seen[t.trial_id] = newest + i / len(issued)
+            return issued[-1]
         paused = {t for t in live if t.status == Trial.PAUSED}
         if len(paused) == 1:
             return paused.pop()
