@@ -16,6 +16,7 @@ checkpoints, the searcher's state) and logs whatever MLflow is missing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -284,20 +285,24 @@ class Driver:
     # ---- after a restart ---------------------------------------------------------------------------
 
     def catch_up(self) -> None:
-        """Finals that ended before a restart count for their cell; what MLflow is missing is logged."""
+        """Finals that ended before a restart count for their cell (before Tune starts: the searcher and the
+        scheduler read them); what MLflow is missing is queued for the tracking thread, so that a restored
+        sweep's trials do not wait for it (issue 16: restore time)."""
         self.recorder.reload()
         for row in list(self.recorder.rows.values()):
             cell = planning.Cell(row.backbone, row.task, row.method)
             spec = planning.recorded_spec(self.plan, cell, row.trial_key, row.seed, row.config)
             if spec is None or row.status == "running":
                 continue
-            outcome = self.outcome(spec, {"val_acc": row.val_acc, "test_acc": row.test_acc,
-                                          "epoch": row.epochs_done}, row.started_at, None, row.finished_at)
-            outcome = dataclasses.replace(outcome, status=row.status)
-            if spec.phase == planning.FINAL and row.status == "done" and cell not in self.recorder.done:
-                self.recorder.recorded_final(outcome)
-            if not row.mlflow_run_id:
-                self.log_trial(outcome)
+            counts = spec.phase == planning.FINAL and row.status == "done" and cell not in self.recorder.done
+            if counts or not row.mlflow_run_id:  # only these need the trial's reports and checkpoint read
+                outcome = self.outcome(spec, {"val_acc": row.val_acc, "test_acc": row.test_acc,
+                                              "epoch": row.epochs_done}, row.started_at, None, row.finished_at)
+                outcome = dataclasses.replace(outcome, status=row.status)
+                if counts:
+                    self.recorder.recorded_final(outcome)
+                if not row.mlflow_run_id:
+                    self.later.put(functools.partial(self.log_trial, outcome))
             self.discard_checkpoints(spec, row.status)  # in case a kill came before it was done
         for cp in self.plan.cells:  # every seed ended before the restart, the result was not recorded yet
             result = self.recorder.cell_result(cp.cell)
@@ -313,10 +318,10 @@ class Driver:
             except KeyError:
                 continue
             chosen = planning.searched_params(r["config"] or {})
-            self.log_cell(CellResult(cell, r["suite"], r["test_acc_mean"], r["test_acc_std"] or 0.0, {},
-                                     r["val_acc"], r["trainable_params"] or 0, chosen, r["config"] or {},
-                                     tuple(r["seeds"] or ()), r["epochs"] or 0,
-                                     Path(r["artifact_uri"]) if r["artifact_uri"] else None))
+            self.later.put(functools.partial(self.log_cell, CellResult(
+                cell, r["suite"], r["test_acc_mean"], r["test_acc_std"] or 0.0, {}, r["val_acc"],
+                r["trainable_params"] or 0, chosen, r["config"] or {}, tuple(r["seeds"] or ()), r["epochs"] or 0,
+                Path(r["artifact_uri"]) if r["artifact_uri"] else None)))
             self.dirty.add(cell.backbone)
 
 
@@ -407,8 +412,7 @@ def _run_locked(preset: Preset, settings: Settings, hooks: Hooks, plan: planning
                   simulated=simulated, workdir=settings.workdir)
     driver = Driver(plan, settings, recorder, track, engine, hooks)
     try:
-        hooks.on_step("logging to MLflow what a previous run left unlogged")
-        driver.catch_up()
+        driver.catch_up()  # MLflow's share of it runs beside the trials
         if len(recorder.done) < len(plan.cells):
             tuner = run.tuner(plan, settings.workdir, cpus_per_trial=preset.cpus_per_trial,
                               gpus_per_trial=preset.gpus_per_trial, epochs=preset.epochs,
@@ -423,6 +427,7 @@ def _run_locked(preset: Preset, settings: Settings, hooks: Hooks, plan: planning
                 studies.use(plan.name, None)
         driver.later.drain()
         driver.catch_up()  # what MLflow could not take during the run, if it is back
+        driver.later.drain()
         track.register_best(engine)  # before the last publish: the leaderboard links the registered versions
         driver.dirty |= {cp.cell.backbone for cp in plan.cells}
         driver.publish()
