@@ -169,3 +169,54 @@ def test_a_trials_record_is_split_into_log_batch_calls_within_mlflows_limits() -
     assert [x for c in calls for x in c[0]] == params
     assert [x for c in calls for x in c[1]] == metrics
     assert [x for c in calls for x in c[2]] == tags
+
+
+def test_after_a_restart_mlflows_catch_up_runs_beside_the_trials_not_before_them(tmp_path, tiny) -> None:
+    """What an earlier run recorded but did not log is queued for the tracking thread: the catch-up returns (and
+    Tune starts the restored trials) while that thread is still busy; once it has worked through the queue, every
+    trial and cell has its one complete run."""
+    import threading
+
+    import ray
+    from mlflow import MlflowClient
+
+    from alorectl import db
+    from alorectl.sweep.driver import Driver, make_plan
+    from alorectl.sweep.record import Recorder
+    from alorectl.tracking.client import Tracker
+    from alorectl.tracking.observer import Track
+
+    work, preset = tmp_path / "work", presets.load(str(tiny))
+    try:
+        run_sweep(preset, Settings.embedded("later", work, f"sqlite:///{tmp_path / 'first.db'}", None))
+    finally:
+        ray.shutdown()
+    # The state a driver killed before its MLflow calls leaves: recorded in the database, not in this store.
+    with sqlite3.connect(work / "leaderboard.db") as conn:
+        conn.execute("UPDATE trial SET mlflow_run_id = NULL")
+        conn.execute("UPDATE result SET mlflow_run_id = NULL")
+    uri = f"sqlite:///{tmp_path / 'second.db'}"
+    settings = Settings.embedded("later", work, uri, None)
+    plan, engine = make_plan(preset, settings), db.connect(settings.db_url)
+    track = Track(Tracker(uri, tmp_path / "artifacts", unsynced_store=True), plan, warn=pytest.fail, workdir=work)
+    driver = Driver(plan, settings, Recorder(engine, db.upsert_sweep(engine, "later"), plan), track, engine, Hooks())
+    busy = threading.Event()
+    try:
+        driver.later.put(busy.wait)  # the tracking thread is still busy with something else
+        driver.catch_up()
+        client = MlflowClient(uri)
+        assert client.get_experiment_by_name("alore/later") is None, "the catch-up logged on the caller's thread"
+        busy.set()
+        driver.later.drain()
+        runs = client.search_runs([client.get_experiment_by_name("alore/later").experiment_id], max_results=100)
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert len(runs) - len(children) == 2 and len({r.data.tags["alore.key"] for r in children}) == 4
+        assert all(r.data.tags.get("alore.complete") == "1" for r in runs)
+    finally:
+        busy.set()
+        driver.later.close()
+        track.close()
+        engine.dispose()
+    with sqlite3.connect(work / "leaderboard.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM trial WHERE mlflow_run_id IS NULL").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM result WHERE mlflow_run_id IS NULL").fetchone()[0] == 0
