@@ -26,11 +26,12 @@ import math
 import os
 import struct
 import sys
-import tempfile
 import time
 import zlib
 from pathlib import Path
 from typing import Any
+
+from alorectl import scratch
 
 ENV = "ALORE_SIMULATE"  # internal: the simulation table's path; set by `alorectl bench scale` only
 STATE = "state.json"    # the simulated checkpoint's own state (epoch); checkpoint.pt holds its size in bytes
@@ -119,7 +120,7 @@ def run_simulated(config: dict[str, Any], cadence: Any = None, sim: dict[str, An
     steps = max(1, math.ceil(800 / int(run.get("batch_size", 32))))
     reporter = Cadence(epochs, cadence)
     attempt = f"{os.getpid()}-{time.time_ns()}"
-    with tempfile.TemporaryDirectory(prefix="alore-sim-") as work:
+    with scratch.folder("sim") as work:
         ckpt = Path(work) / "ckpt"
         ckpt.mkdir()
         for epoch in range(start_epoch, epochs):

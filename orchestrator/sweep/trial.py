@@ -9,7 +9,6 @@ weights and metrics into its last checkpoint, which the driver then logs.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from ray import tune
 from alore.api import count_trainable
 from alore.artifacts import write_run_files
 from alore.train import Callbacks, TrainConfig, fit
+from alorectl import scratch
 
 from .cadence import Cadence, Policy
 from .plan import TrialSpec
@@ -57,7 +57,7 @@ class TuneReporter(Callbacks):
 def run_trial(config: dict[str, Any], cadence: Policy | None = None) -> None:
     """The Tune trainable (function API); ``cadence`` (bound by ``tune.with_parameters``): when to report."""
     cfg = train_config(config)
-    with tempfile.TemporaryDirectory(prefix="alore-trial-") as work:
+    with scratch.folder("trial") as work:  # a SIGKILLed trial's is removed by a later one
         resume = None
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:  # a retried trial continues from its last epoch

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import queue
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from alorectl import db
+from alorectl import db, scratch
 
 from alorectl.sweep.plan import SHORT, Cell, SweepPlan
 from alorectl.sweep.record import CellResult, TrialOutcome
@@ -247,7 +246,7 @@ class Track:
         if self.workdir is None or cell in self.drawings:
             return
         try:
-            out = Path(tempfile.mkdtemp(prefix="alore-search-"))
+            out = scratch.make("search")
         except OSError:
             return
         try:
@@ -277,7 +276,7 @@ class Track:
         from concurrent.futures.process import BrokenProcessPool
 
         early = self.drawings.pop(cell, None)
-        out = early.out if early is not None else Path(tempfile.mkdtemp(prefix="alore-search-"))
+        out = early.out if early is not None else scratch.make("search")
         draw = lambda: self._drawer().draw(self.workdir, self.plan.name, cell.backbone, cell.task,  # noqa: E731
                                            cell.method, out)
         try:
