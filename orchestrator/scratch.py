@@ -2,68 +2,93 @@
 
 A trial (real or simulated) and the driver's search pictures each work in a temporary folder, removed when the
 work ends. A SIGKILL — a driver or a node killed, a scheduler's time limit — ends the process before that
-cleanup runs, and over a sweep of thousands of trials a node's ``/tmp`` fills up with them. So each folder's
-name carries the host and process id of its creator (``alore-trial-4242@node7-k3j2x9``), and the next folder of
-the same kind removes those whose creator no longer runs on this host. Folders of other hosts (a ``/tmp``
-shared between containers), of other users, of live processes and symbolic links are left alone.
+cleanup runs, and over a sweep of thousands of trials a node's ``/tmp`` fills up with them. So the process that
+makes a folder holds a lock on a file in it (``flock``) for as long as it uses the folder; the kernel releases
+the lock when the process ends, however it ends. The next folder of the same kind removes the folders whose lock
+it can take. No process id or host name is trusted: a lock is held or it is not, also across containers that
+share ``/tmp``. A folder appears under its final name with its lock already held (it is renamed into place), so
+one being made is never taken for an orphan. Folders without a lock file, of other users, and symbolic links are
+left alone; removing orphans never fails the work that asked for a folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-import re
 import shutil
-import socket
+import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.]")
+LOCK = ".alore-lock"
+_HELD: dict[Path, int] = {}  # folders made by make() -> their lock's file descriptor, until remove()
 
 
-def _host() -> str:
-    return _UNSAFE.sub("_", socket.gethostname())[:60] or "host"
-
-
-def _prefix(kind: str, pid: int | None = None) -> str:
-    return f"alore-{kind}-{os.getpid() if pid is None else pid}@{_host()}-"
-
-
-def folder(kind: str) -> tempfile.TemporaryDirectory:
-    """A temporary folder for ``kind`` of work (a context manager, as :class:`tempfile.TemporaryDirectory`),
-    after removing the ``kind`` folders that dead processes of this host left behind."""
+def _new(kind: str) -> tuple[Path, int]:
     remove_orphans(kind)
-    return tempfile.TemporaryDirectory(prefix=_prefix(kind))
+    making = Path(tempfile.mkdtemp(prefix=f"alore-making-{kind}-"))
+    fd = os.open(making / LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    path = making.with_name(f"alore-{kind}-" + making.name.removeprefix(f"alore-making-{kind}-"))
+    os.rename(making, path)
+    return path, fd
+
+
+@contextlib.contextmanager
+def folder(kind: str) -> Iterator[str]:
+    """A temporary folder for ``kind`` of work, removed when the block ends (as
+    :class:`tempfile.TemporaryDirectory`); the ``kind`` folders of processes that have ended are removed first."""
+    path, fd = _new(kind)
+    try:
+        yield str(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
 
 
 def make(kind: str) -> Path:
-    """A temporary folder for ``kind`` of work that the caller removes (as :func:`tempfile.mkdtemp`)."""
-    remove_orphans(kind)
-    return Path(tempfile.mkdtemp(prefix=_prefix(kind)))
+    """A temporary folder for ``kind`` of work that the caller removes with :func:`remove`."""
+    path, fd = _new(kind)
+    _HELD[path] = fd
+    return path
+
+
+def remove(path: Path) -> None:
+    """Remove a folder made by :func:`make`, and release its lock."""
+    shutil.rmtree(path, ignore_errors=True)
+    fd = _HELD.pop(Path(path), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def remove_orphans(kind: str) -> list[Path]:
-    """Remove the ``kind`` folders of this host's processes that have ended; the folders removed."""
+    """Remove the ``kind`` folders whose maker has ended (their lock is free); the folders removed."""
     removed = []
-    start, host = f"alore-{kind}-", _host()
-    for path in Path(tempfile.gettempdir()).glob(f"{start}*@*-*"):
-        owner, _, _ = path.name[len(start):].rpartition("-")
-        pid, _, on = owner.partition("@")
-        if on != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        with contextlib.suppress(OSError):
-            info = path.lstat()
-            if path.is_dir() and not path.is_symlink() and info.st_uid == os.getuid():
-                shutil.rmtree(path)
+    try:
+        found = list(Path(tempfile.gettempdir()).glob(f"alore-{kind}-*"))
+    except OSError:
+        return removed
+    for path in found:
+        with contextlib.suppress(Exception):  # anything odd about one entry leaves it alone
+            if _orphan_removed(path):
                 removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _orphan_removed(path: Path) -> bool:
+    if path.is_symlink() or not path.is_dir() or path.lstat().st_uid != os.getuid():
         return False
-    except PermissionError:  # another user's process: alive
+    fd = os.open(path / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its maker is still working in it
+        shutil.rmtree(path)
         return True
-    return True
+    finally:
+        os.close(fd)

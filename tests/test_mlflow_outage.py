@@ -202,15 +202,16 @@ def test_after_a_restart_mlflows_catch_up_runs_beside_the_trials_not_before_them
     driver = Driver(plan, settings, Recorder(engine, db.upsert_sweep(engine, "later"), plan), track, engine, Hooks())
     busy = threading.Event()
     try:
-        driver.later.put(busy.wait)  # the tracking thread is still busy with something else
-        driver.catch_up()
+        driver.later.put(lambda: busy.wait(120))  # the tracking thread is still busy with something else
+        assert driver.catch_up(before_trials=True) == 6  # 4 trials and 2 cells queued
         client = MlflowClient(uri)
         assert client.get_experiment_by_name("alore/later") is None, "the catch-up logged on the caller's thread"
         busy.set()
         driver.later.drain()
         runs = client.search_runs([client.get_experiment_by_name("alore/later").experiment_id], max_results=100)
         children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-        assert len(runs) - len(children) == 2 and len({r.data.tags["alore.key"] for r in children}) == 4
+        assert len(runs) - len(children) == 2, "one parent run per cell"
+        assert len(children) == 4 and len({r.data.tags["alore.key"] for r in children}) == 4, "one run per trial"
         assert all(r.data.tags.get("alore.complete") == "1" for r in runs)
     finally:
         busy.set()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,49 +20,65 @@ def tmp_root(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _killed_process_folder(kind: str) -> Path:
-    """The scratch folder of a process that made it and was SIGKILLed inside its ``with`` block."""
+def _process_in_folder(kind: str) -> tuple[subprocess.Popen, Path]:
+    """A process working in a scratch folder of ``kind`` (until it is killed) and the folder."""
     code = ("import sys, tempfile, time; tempfile.tempdir = sys.argv[1]; from alorectl import scratch\n"
             f"with scratch.folder({kind!r}) as d:\n    print(d, flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, tempfile.gettempdir()], stdout=subprocess.PIPE, text=True)
-    left = Path(proc.stdout.readline().strip())
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def _kill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
-    return left
 
 
 def test_a_killed_process_scratch_folder_is_removed_by_the_next_of_its_kind(tmp_root):
-    left = _killed_process_folder("trial")
+    proc, left = _process_in_folder("trial")
+    _kill(proc)
     (left / "ckpt").mkdir()
     (left / "ckpt" / "weights.bin").write_bytes(b"x" * 1024)
     assert left.is_dir()  # the kill skipped the cleanup
-    other_kind = _killed_process_folder("sim")
+    other, other_kind = _process_in_folder("sim")
+    _kill(other)
 
     with scratch.folder("trial") as mine:
         assert not left.exists()
         assert Path(mine).is_dir() and Path(mine).parent == tmp_root
         assert other_kind.is_dir()  # another kind of work is removed by its own kind
     assert not Path(mine).exists()
+    made = scratch.make("sim")
+    assert not other_kind.exists()
+    scratch.remove(made)
+    assert not made.exists() and not scratch._HELD
 
 
-def test_live_processes_other_hosts_links_and_foreign_names_are_left_alone(tmp_root):
-    live = scratch.make("search")  # this process: alive
-    parent = tmp_root / f"alore-search-{os.getppid()}@{scratch._host()}-abc"  # another live process
-    other_host = tmp_root / "alore-search-999999999@another_host-abc"  # a /tmp shared with another container
-    not_ours = tmp_root / "alore-search-notes"
-    for d in (parent, other_host, not_ours):
-        d.mkdir()
+def test_folders_in_use_links_and_foreign_folders_are_left_alone(tmp_root):
+    mine = scratch.make("search")  # this process works in it
+    proc, theirs = _process_in_folder("search")  # another live process works in it
+    unlocked = tmp_root / "alore-search-nolock"  # not made by scratch (or made before it): no lock to read
+    unlocked.mkdir()
     target = tmp_root / "keep"
     target.mkdir()
-    (target / "file").write_text("kept")
-    link = tmp_root / f"alore-search-999999999@{scratch._host()}-lnk"
+    (target / scratch.LOCK).write_text("")
+    link = tmp_root / "alore-search-link"
     link.symlink_to(target, target_is_directory=True)
-    dead = tmp_root / f"alore-search-999999999@{scratch._host()}-dead"
-    dead.mkdir()
+    try:
+        assert scratch.remove_orphans("search") == []
+        for kept in (mine, theirs, unlocked, link, target / scratch.LOCK):
+            assert kept.exists()
+    finally:
+        _kill(proc)
+        scratch.remove(mine)
+    assert scratch.remove_orphans("search") == [theirs]  # its maker has ended now
 
-    removed = scratch.remove_orphans("search")
 
-    assert removed == [dead]
-    for kept in (live, parent, other_host, not_ours, link, target / "file"):
-        assert kept.exists()
+def test_an_odd_entry_never_fails_the_work_that_asked_for_a_folder(tmp_root):
+    (tmp_root / "alore-trial-afile").write_text("not a folder")
+    locked_away = tmp_root / "alore-trial-nolockread"
+    locked_away.mkdir()
+    (locked_away / scratch.LOCK).mkdir()  # a folder where the lock file should be
+    with scratch.folder("trial") as mine:
+        assert Path(mine).is_dir()
+    assert (tmp_root / "alore-trial-afile").is_file() and locked_away.is_dir()

@@ -284,26 +284,31 @@ class Driver:
 
     # ---- after a restart ---------------------------------------------------------------------------
 
-    def catch_up(self) -> None:
-        """Finals that ended before a restart count for their cell (before Tune starts: the searcher and the
-        scheduler read them); what MLflow is missing is queued for the tracking thread, so that a restored
-        sweep's trials do not wait for it (issue 16: restore time)."""
+    def catch_up(self, before_trials: bool = False) -> int:
+        """Finals that ended before a restart count for their cell (at once: the searcher and the scheduler read
+        them); what MLflow is missing is queued for the tracking thread, so that a restored sweep's trials do
+        not wait for it (issue 16: restore time). ``before_trials``: Tune is about to resume the failed trials,
+        which log themselves when they end. The number of runs queued."""
         self.recorder.reload()
+        discard, log = [], []
         for row in list(self.recorder.rows.values()):
             cell = planning.Cell(row.backbone, row.task, row.method)
             spec = planning.recorded_spec(self.plan, cell, row.trial_key, row.seed, row.config)
             if spec is None or row.status == "running":
                 continue
             counts = spec.phase == planning.FINAL and row.status == "done" and cell not in self.recorder.done
-            if counts or not row.mlflow_run_id:  # only these need the trial's reports and checkpoint read
+            unlogged = not row.mlflow_run_id and not (before_trials and row.status == "failed")
+            if counts or unlogged:  # only these need the trial's reports and checkpoint read
                 outcome = self.outcome(spec, {"val_acc": row.val_acc, "test_acc": row.test_acc,
                                               "epoch": row.epochs_done}, row.started_at, None, row.finished_at)
                 outcome = dataclasses.replace(outcome, status=row.status)
                 if counts:
                     self.recorder.recorded_final(outcome)
-                if not row.mlflow_run_id:
-                    self.later.put(functools.partial(self.log_trial, outcome))
-            self.discard_checkpoints(spec, row.status)  # in case a kill came before it was done
+                if unlogged:
+                    log.append(functools.partial(self.log_trial, outcome))
+            discard.append((spec, row.status))
+        for spec, status in discard:  # in case a kill came before it was done; ahead of the logging
+            self.discard_checkpoints(spec, status)
         for cp in self.plan.cells:  # every seed ended before the restart, the result was not recorded yet
             result = self.recorder.cell_result(cp.cell)
             if result is not None:
@@ -318,11 +323,14 @@ class Driver:
             except KeyError:
                 continue
             chosen = planning.searched_params(r["config"] or {})
-            self.later.put(functools.partial(self.log_cell, CellResult(
+            log.append(functools.partial(self.log_cell, CellResult(
                 cell, r["suite"], r["test_acc_mean"], r["test_acc_std"] or 0.0, {}, r["val_acc"],
                 r["trainable_params"] or 0, chosen, r["config"] or {}, tuple(r["seeds"] or ()), r["epochs"] or 0,
                 Path(r["artifact_uri"]) if r["artifact_uri"] else None)))
             self.dirty.add(cell.backbone)
+        for job in log:
+            self.later.put(job)
+        return len(log)
 
 
 def run_sweep(preset: Preset, settings: Settings, hooks: Hooks | None = None, *,
@@ -412,8 +420,12 @@ def _run_locked(preset: Preset, settings: Settings, hooks: Hooks, plan: planning
                   simulated=simulated, workdir=settings.workdir)
     driver = Driver(plan, settings, recorder, track, engine, hooks)
     try:
-        driver.catch_up()  # MLflow's share of it runs beside the trials
-        if len(recorder.done) < len(plan.cells):
+        queued = driver.catch_up(before_trials=len(recorder.done) < len(plan.cells))
+        more = len(recorder.done) < len(plan.cells)
+        if queued:
+            hooks.on_step(f"logging to MLflow {queued} runs that a previous run left unlogged"
+                          + (", beside the trials" if more else ""))
+        if more:
             tuner = run.tuner(plan, settings.workdir, cpus_per_trial=preset.cpus_per_trial,
                               gpus_per_trial=preset.gpus_per_trial, epochs=preset.epochs,
                               max_concurrent=settings.max_concurrent, restore=resume or recorded)
@@ -426,7 +438,8 @@ def _run_locked(preset: Preset, settings: Settings, hooks: Hooks, plan: planning
             finally:
                 studies.use(plan.name, None)
         driver.later.drain()
-        driver.catch_up()  # what MLflow could not take during the run, if it is back
+        if driver.catch_up():  # what MLflow could not take during the run, if it is back
+            hooks.on_step("logging to MLflow what it could not take during the run")
         driver.later.drain()
         track.register_best(engine)  # before the last publish: the leaderboard links the registered versions
         driver.dirty |= {cp.cell.backbone for cp in plan.cells}

@@ -23,7 +23,6 @@ Layout (same metric names at every level: ``val_acc``, ``test_acc``, ``params_m`
 from __future__ import annotations
 
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -253,7 +252,7 @@ class Track:
             self.drawings[cell] = self._drawer().start(self.workdir, self.plan.name, cell.backbone, cell.task,
                                                        cell.method, out)
         except Exception:  # the drawing process could not take it
-            shutil.rmtree(out, ignore_errors=True)
+            scratch.remove(out)
 
     def pictures_ready(self, cell: Cell) -> bool:
         """False while ``cell``'s pictures, started by :meth:`draw_soon`, are still being drawn."""
@@ -293,14 +292,14 @@ class Track:
             if files:
                 self.tracker.artifacts(run_id, out, "search")
         finally:
-            shutil.rmtree(out, ignore_errors=True)
+            scratch.remove(out)
 
     def close(self) -> None:
         """Stop the drawing process, if one was started; drop drawings nobody waited for (cells that failed)."""
         if self.drawer is not None:
             self.drawer.close()
         for drawing in self.drawings.values():
-            shutil.rmtree(drawing.out, ignore_errors=True)
+            scratch.remove(drawing.out)
         self.drawings.clear()
 
     def _leaderboard(self, engine: Any, backbone: str, suite: str) -> bool:
