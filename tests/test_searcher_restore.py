@@ -107,8 +107,8 @@ def test_a_trial_the_database_holds_as_ended_is_taken_as_run_not_issued_again(tm
 
 
 class FakeTrial:  # hashable by identity, as Tune's Trial is
-    def __init__(self, status: str, trial_id: str, config: dict) -> None:
-        self.status, self.trial_id, self.config = status, trial_id, config
+    def __init__(self, status: str, trial_id: str, config: dict, num_failures: int = 0) -> None:
+        self.status, self.trial_id, self.config, self.num_failures = status, trial_id, config, num_failures
 
 
 class Controller:
@@ -171,3 +171,25 @@ def test_the_sweeps_scheduler_starts_the_newest_pending_trial_without_reading_ev
         trials.append(FakeTrial(status="PENDING", trial_id=f"t{i}", config=config))
         assert scheduler.choose_trial_to_run(controller) is trials[-1], i
     assert controller.reads == reads, "one new trial per call: the whole list is not read"
+
+
+def test_a_trial_retried_after_its_node_died_starts_before_newer_trials() -> None:
+    """Newest first must not starve a retry: a trial whose node died is pending again with Tune's failure count
+    raised; it goes before every trial issued after it (oldest retry first), and newest first resumes after."""
+    from alorectl.sweep.experiment import Fifo
+
+    cp = make_plan(methods=["ssf"], tasks=["digits"], trials=4).cells[0]
+    config = planning.TrialSpec(cp.cell, planning.SEARCH, 0, cp.seeds[0], {}, cp.run).to_config()
+    trials = [FakeTrial(status="PENDING", trial_id=f"t{i}", config=config) for i in range(4)]
+    controller, scheduler = Controller(trials), Fifo()
+    assert scheduler.choose_trial_to_run(controller) is trials[-1]
+    for t in trials:  # all four started
+        t.status = "RUNNING"
+    trials[0].status, trials[0].num_failures = "PENDING", 1  # its node died
+    trials[2].status, trials[2].num_failures = "PENDING", 1
+    trials += [FakeTrial(status="PENDING", trial_id=f"t{i}", config=config) for i in range(4, 8)]  # issued since
+    assert scheduler.choose_trial_to_run(controller) is trials[0]
+    trials[0].status = "RUNNING"
+    assert scheduler.choose_trial_to_run(controller) is trials[2]
+    trials[2].status = "RUNNING"
+    assert scheduler.choose_trial_to_run(controller) is trials[-1]  # then the newest again

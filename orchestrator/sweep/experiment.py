@@ -280,7 +280,10 @@ class SkipRecorded:
     FIFOScheduler chooses the oldest pending trial, whose start is the furthest along: where trials end faster
     than workers start, no start ever finishes (a resumed whole sweep on the simulated cluster: 33 of 64 slots
     training, for minutes). The newest pending trial is the one the searcher issued for the trial that just
-    ended and has no worker yet: it takes the freed worker, and the starts in flight go on. PAUSED trials
+    ended and has no worker yet: it takes the freed worker, and the starts in flight go on. A trial retried
+    after its worker or node died goes before them all (oldest first): newest first would leave it waiting
+    behind every trial issued after it, to the end of the sweep (a node killed at half the simulated whole
+    sweep: its 8 trials trained again 490 s later). PAUSED trials
     (no scheduler of the sweep pauses) go as in FIFOScheduler. The choice costs nothing that grows with the
     number of trials the sweep has run: FIFOScheduler read every trial twice per step of Tune's loop (17% of
     the driver's main thread in the paper's whole sweep)."""
@@ -301,6 +304,9 @@ class SkipRecorded:
                 tune_controller.stop_trial(trial)
         live = tune_controller.get_live_trials()
         pending = [t for t in live if t.status == Trial.PENDING]
+        retried = [t for t in pending if t.num_failures]
+        if retried:  # back after its worker or node died: it continues from its checkpoint, its cell waits
+            return min(retried, key=lambda t: seen[t.trial_id])
         if pending:
             newest = max(seen[t.trial_id] for t in pending)
             pending = [t for t in pending if seen[t.trial_id] == newest]
