@@ -23,17 +23,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 LOCK = ".alore-lock"
+WORK = "work"
 _HELD: dict[Path, int] = {}  # folders made by make() -> their lock's file descriptor, until remove()
 
 
 def _new(kind: str) -> tuple[Path, int]:
+    """The work folder (``WORK`` inside the locked one, so that the lock never travels with the work, e.g.
+    into MLflow's artifacts) and the lock's file descriptor."""
     remove_orphans(kind)
     making = Path(tempfile.mkdtemp(prefix=f"alore-making-{kind}-"))
     fd = os.open(making / LOCK, os.O_CREAT | os.O_RDWR, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    (making / WORK).mkdir(mode=0o700)
     path = making.with_name(f"alore-{kind}-" + making.name.removeprefix(f"alore-making-{kind}-"))
     os.rename(making, path)
-    return path, fd
+    return path / WORK, fd
 
 
 @contextlib.contextmanager
@@ -44,7 +48,7 @@ def folder(kind: str) -> Iterator[str]:
     try:
         yield str(path)
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path.parent, ignore_errors=True)
         os.close(fd)
 
 
@@ -57,10 +61,12 @@ def make(kind: str) -> Path:
 
 def remove(path: Path) -> None:
     """Remove a folder made by :func:`make`, and release its lock."""
-    shutil.rmtree(path, ignore_errors=True)
     fd = _HELD.pop(Path(path), None)
-    if fd is not None:
-        os.close(fd)
+    if fd is None:  # not made here: only the folder itself
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    shutil.rmtree(Path(path).parent, ignore_errors=True)
+    os.close(fd)
 
 
 def remove_orphans(kind: str) -> list[Path]:

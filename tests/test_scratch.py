@@ -45,13 +45,14 @@ def test_a_killed_process_scratch_folder_is_removed_by_the_next_of_its_kind(tmp_
 
     with scratch.folder("trial") as mine:
         assert not left.exists()
-        assert Path(mine).is_dir() and Path(mine).parent == tmp_root
+        assert Path(mine).is_dir() and Path(mine).parent.parent == tmp_root
+        assert list(Path(mine).iterdir()) == []  # the lock is beside the work, not in it
         assert other_kind.is_dir()  # another kind of work is removed by its own kind
     assert not Path(mine).exists()
     made = scratch.make("sim")
     assert not other_kind.exists()
     scratch.remove(made)
-    assert not made.exists() and not scratch._HELD
+    assert not made.parent.exists() and not scratch._HELD
 
 
 def test_folders_in_use_links_and_foreign_folders_are_left_alone(tmp_root):
@@ -60,7 +61,7 @@ def test_folders_in_use_links_and_foreign_folders_are_left_alone(tmp_root):
     unlocked = tmp_root / "alore-search-nolock"  # not made by scratch (or made before it): no lock to read
     unlocked.mkdir()
     target = tmp_root / "keep"
-    target.mkdir()
+    (target / scratch.WORK).mkdir(parents=True)
     (target / scratch.LOCK).write_text("")
     link = tmp_root / "alore-search-link"
     link.symlink_to(target, target_is_directory=True)
@@ -71,7 +72,7 @@ def test_folders_in_use_links_and_foreign_folders_are_left_alone(tmp_root):
     finally:
         _kill(proc)
         scratch.remove(mine)
-    assert scratch.remove_orphans("search") == [theirs]  # its maker has ended now
+    assert scratch.remove_orphans("search") == [theirs.parent]  # its maker has ended now
 
 
 def test_an_odd_entry_never_fails_the_work_that_asked_for_a_folder(tmp_root):

@@ -300,7 +300,7 @@ def test_a_cells_pictures_are_drawn_while_its_final_runs_train(journal, monkeypa
         track.draw_soon(cell)
         drawn: list = []
         for _ in range(1200):  # nothing else is asked of the track: the drawing process draws on its own
-            drawn = sorted(p.name for p in scratch.glob("alore-search-*/*.png"))
+            drawn = sorted(p.name for p in scratch.glob("alore-search-*/work/*.png"))
             if len(drawn) == 2:
                 break
             time.sleep(0.1)
