@@ -44,12 +44,11 @@ def _new(kind: str) -> tuple[Path, int]:
 def folder(kind: str) -> Iterator[str]:
     """A temporary folder for ``kind`` of work, removed when the block ends (as
     :class:`tempfile.TemporaryDirectory`); the ``kind`` folders of processes that have ended are removed first."""
-    path, fd = _new(kind)
+    path = make(kind)
     try:
         yield str(path)
     finally:
-        shutil.rmtree(path.parent, ignore_errors=True)
-        os.close(fd)
+        remove(path)
 
 
 def make(kind: str) -> Path:
